@@ -1,0 +1,5 @@
+import sys
+
+from ctkd.cli.main import main
+
+sys.exit(main())

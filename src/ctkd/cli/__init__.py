@@ -1,0 +1,1 @@
+"""The ``ctkd`` command: one module per subcommand (see :mod:`ctkd.cli.main`)."""
