@@ -125,3 +125,30 @@ class DistillBatch:
 
     def __len__(self) -> int:
         return int(self.student.input_ids.shape[0])
+
+
+@dataclass
+class RankedTopK:
+    """One side's token-level signal for MultiLevelOT: ranked, truncated log-probabilities per answer position.
+
+    This is all MultiLevelOT needs from the teacher, so it is also what a teacher cache stores for it.
+
+    Attributes:
+        ids: (B, L, K) long, the vocabulary column behind each kept entry, in rank order (for sequence- or
+            batch-level ranking the same K ids repeat along L, often as an expanded view).
+        logp_token: (B, L, K) float32, log-probabilities at the token-level temperature at those columns.
+        logp_sd: (B, L, K) float32, log-probabilities at the sequence-level (Sinkhorn cost) temperature.
+        valid: (B, L) bool, True on real answer positions.
+    """
+
+    ids: Tensor
+    logp_token: Tensor
+    logp_sd: Tensor
+    valid: Tensor
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.valid.sum(dim=1)
+
+    def to(self, device: torch.device | str) -> "RankedTopK":
+        return RankedTopK(*(t.to(device) for t in (self.ids, self.logp_token, self.logp_sd, self.valid)))
