@@ -21,10 +21,6 @@ CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-LLAMA2_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'].strip() }} [/INST]"
-    "{% else %} {{ m['content'].strip() }} {{ eos_token }}{% endif %}{% endfor %}"
-)
 REAL_TOKENIZERS = ("gpt2", "llama2", "mistral", "qwen1.5")
 TINY_VOCAB = 300
 
@@ -78,10 +74,24 @@ def tiny_adds_eos() -> PreTrainedTokenizerFast:
     return _metaspace(add_eos=True)
 
 
+class _LazyTokenizers(dict):
+    """Loads a real tokenizer from shared/tokenizers on first use, then keeps it for the session."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        if name not in REAL_TOKENIZERS:
+            raise KeyError(name)
+        self[name] = AutoTokenizer.from_pretrained(self.root / name)
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def real_tokenizers(shared_dir: Path) -> dict:
-    """The real tokenizers of shared/tokenizers, loaded once (each test picks what it needs)."""
-    return {name: AutoTokenizer.from_pretrained(shared_dir / "tokenizers" / name) for name in REAL_TOKENIZERS}
+    """The real tokenizers of shared/tokenizers by folder name, each loaded once, when first used."""
+    return _LazyTokenizers(shared_dir / "tokenizers")
 
 
 def make_examples(count: int = 12, task: str = "qed") -> list[Example]:
