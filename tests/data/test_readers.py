@@ -325,3 +325,53 @@ def test_jsonl_folder_and_round_trip(tmp_path: Path, shared_dir: Path):
     assert load_task("jsonl", "validation", tmp_path / "gen") == generated
     assert load_task("jsonl", "train", tmp_path / "gen") == originals
     assert not list((tmp_path / "gen").glob("*.tmp"))
+
+
+# ------------------------------------------------------------------------- hub (offline stand-in)
+
+
+def test_hub_rows_map_like_local_rows(monkeypatch):
+    """The hub path with a stand-in ``datasets`` module: same row parsers, hub column names."""
+    import sys
+    import types
+
+    hub_rows = {
+        "google-research-datasets/qed": [
+            {"example_id": 5, "title_text": "T", "question": "q?", "paragraph_text": "P a b.",
+             "original_nq_answers": [{"start": [0, 4], "end": [1, 5], "string": ["P", "b"]}]},
+        ],
+        "knkarthick/dialogsum": [{"id": "d1", "dialogue": "#Person1#: hi", "summary": "S.", "topic": "t"}],
+        "WorkInTheDark/FairytaleQA": [
+            {"story_name": "fox", "story_section": "Once.", "question": "Who?", "answer1": "a fox", "answer2": ""},
+            {"story_name": "fox", "story_section": "Once.", "question": "Who?", "answer1": "", "answer2": ""},
+        ],
+    }
+    calls = []
+
+    def load_dataset(dataset_id, split):
+        calls.append((dataset_id, split))
+        return hub_rows[dataset_id]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    (qed,) = load_task("qed", "validation", "hf://")
+    assert (qed.id, qed.fields["question"], qed.references) == ("5", "q?", [f"P{QED_SPAN_SEPARATOR}b"])
+    (dialog,) = load_task("dialogsum", "train", "hf://knkarthick/dialogsum")
+    assert (dialog.id, dialog.target) == ("d1", "S.")
+    with pytest.warns(MalformedRowWarning, match="skipped 1 of 2 rows of hf://WorkInTheDark/FairytaleQA"):
+        (fairy,) = load_task("fairytaleqa", "validation", "hf://")
+    assert fairy.fields == {"title": "fox", "context": "Once.", "question": "Who?"} and fairy.references == ["a fox"]
+    assert calls == [
+        ("google-research-datasets/qed", "validation"),
+        ("knkarthick/dialogsum", "train"),
+        ("WorkInTheDark/FairytaleQA", "validation"),
+    ]
+
+
+def test_hub_without_datasets_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match="pip install datasets"):
+        load_task("qed", "train", "hf://")
+    with pytest.raises(ValueError, match="no hub loader"):
+        load_task("jsonl", "train", "hf://")
