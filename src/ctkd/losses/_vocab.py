@@ -44,8 +44,49 @@ class VocabStats:
     row_topk: Tensor | None
 
 
-def _rows(logits: Tensor, b: Tensor, p: Tensor) -> Tensor:
-    return logits[b, p].float()
+class RowReader:
+    """Reads chunks of answer rows of a (B, T, V) logits tensor without copying when it can.
+
+    Rows are addressed by their flat index ``b * T + p`` in a (B * T, V) view of the logits (a view exists for
+    contiguous logits and for logits sliced along the vocabulary, see :func:`ctkd.models.vocab_logits`). A chunk
+    of consecutive flat indices (answer rows are consecutive within an example) is a zero-copy slice; any other
+    chunk is gathered by advanced indexing (much faster than ``index_select`` for long rows on the CPU).
+    """
+
+    def __init__(self, logits: Tensor, b: Tensor, p: Tensor) -> None:
+        self.vocab = logits.shape[-1]
+        try:
+            self.flat = logits.view(-1, self.vocab)
+        except RuntimeError:  # strides that cannot merge (B, T): one copy, still correct
+            self.flat = logits.reshape(-1, self.vocab)
+        self.index = b * logits.shape[1] + p
+        self.n = int(self.index.numel())
+        self.chunk = chunk_rows(self.vocab)
+
+    def spans(self):
+        """Yield ``(start, stop)`` chunk bounds over the N answer rows."""
+        for start in range(0, self.n, self.chunk):
+            yield start, min(self.n, start + self.chunk)
+
+    def contiguous(self, start: int, stop: int) -> int | None:
+        """First flat row of the chunk if its rows are consecutive, else None."""
+        first, last = int(self.index[start]), int(self.index[stop - 1])
+        return first if last - first == stop - start - 1 else None
+
+    def read(self, start: int, stop: int) -> Tensor:
+        """(stop - start, V) float32 rows; a view of the logits when possible (never modify it in place)."""
+        first = self.contiguous(start, stop)
+        rows = self.flat[first:first + stop - start] if first is not None else self.flat[self.index[start:stop]]
+        return rows.float()
+
+
+def _lse_from_softmax(z: Tensor, probs: Tensor) -> Tensor:
+    """``logsumexp(z)`` per row from ``probs = softmax(z)``: ``max(z) - log(max(probs))``.
+
+    The largest probability is ``exp(0) / sum(exp(z - max z))``, so this costs two max passes instead of
+    another exponential pass.
+    """
+    return z.amax(dim=-1) - probs.amax(dim=-1).log()
 
 
 @torch.no_grad()
@@ -58,7 +99,6 @@ def vocab_stats(
     group: Tensor | None = None,
     num_groups: int = 0,
     row_topk: int = 0,
-    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> VocabStats:
     """Log-partition functions, column sums and row top-k of the rows ``logits[b, p]``.
 
@@ -70,44 +110,43 @@ def vocab_stats(
             batch-level ranking); None skips the column sums.
         num_groups: number of groups S (``colsum`` is (S, V)).
         row_topk: if > 0, also return each row's top-``row_topk`` column ids (token-level ranking).
-        chunk_elements: work size per chunk.
 
     Returns:
         :class:`VocabStats`.
 
-    Math: with ``m = max(z)`` and ``E = exp(z - m)``, ``lse_1 = m + log sum E`` and the probabilities are
-    ``E / sum E``; for ``tau = 2``, ``exp((z - m) / 2) = sqrt(E)`` reuses the same exponential. Entries
-    with ``z - m < -87`` underflow in ``E`` and are dropped from the temperature-2 sum; their contribution is
-    below ``V * exp(-43)`` relative to the row's largest term, far below float32 resolution.
+    Math: one fused softmax per chunk gives the probabilities ``P``; ``lse_1 = max z - log max P``; the column
+    sums are a matrix product ``onehot(group)^T P``; and for ``tau = 2``,
+    ``logsumexp(z / 2) = lse_1 / 2 + log sum sqrt(P)`` reuses the same exponentials. Other temperatures cost one
+    ``logsumexp(z / tau)`` each.
     """
-    n = int(b.numel())
-    vocab = logits.shape[-1]
-    lse = {float(t): torch.empty(n, dtype=torch.float32, device=logits.device) for t in temperatures}
+    reader = RowReader(logits, b, p)
+    n, vocab = reader.n, reader.vocab
+    temps = tuple(float(t) for t in temperatures)
+    lse = {t: torch.empty(n, dtype=torch.float32, device=logits.device) for t in temps}
     colsum = None
     if group is not None:
         colsum = torch.zeros(max(1, num_groups), vocab, dtype=torch.float32, device=logits.device)
-    topk = None
-    if row_topk > 0:
-        topk = torch.empty(n, row_topk, dtype=torch.long, device=logits.device)
-    step = chunk_rows(vocab, chunk_elements)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        z = _rows(logits, b[start:stop], p[start:stop])
+    topk = torch.empty(n, row_topk, dtype=torch.long, device=logits.device) if row_topk > 0 else None
+    for start, stop in reader.spans():
+        z = reader.read(start, stop)
         if topk is not None:
             topk[start:stop] = z.topk(row_topk, dim=-1, sorted=True).indices
-        m = z.amax(dim=-1, keepdim=True)
-        e = z.sub_(m).exp_()  # z is a fresh copy (float() or indexing), safe to overwrite
-        total = e.sum(dim=-1, keepdim=True)
+        probs = torch.softmax(z, dim=-1)
+        lse1 = _lse_from_softmax(z, probs)
+        if colsum is not None:
+            g = group[start:stop]
+            if bool((g == g[0]).all()):  # the usual case: the chunk lies inside one example (BLAS gemv)
+                colsum[int(g[0])].addmv_(probs.t(), torch.ones(stop - start, dtype=probs.dtype, device=probs.device))
+            else:
+                onehot = torch.nn.functional.one_hot(g, colsum.shape[0]).to(probs.dtype)
+                colsum.addmm_(onehot.t(), probs)
         for tau, out in lse.items():
             if tau == 1.0:
-                s = total
+                out[start:stop] = lse1
             elif tau == 2.0:
-                s = e.sqrt().sum(dim=-1, keepdim=True)
+                out[start:stop] = lse1 / 2 + probs.sqrt_().sum(dim=-1).log()  # probs no longer needed
             else:
-                s = e.pow(1.0 / tau).sum(dim=-1, keepdim=True)
-            out[start:stop] = (m / tau + s.log()).squeeze(-1)
-        if colsum is not None:
-            colsum.index_add_(0, group[start:stop], e.div_(total))
+                out[start:stop] = torch.logsumexp(z / tau, dim=-1)
     return VocabStats(lse=lse, colsum=colsum, row_topk=topk)
 
 
@@ -117,40 +156,58 @@ class _LogSoftmaxAt(torch.autograd.Function):
     Backward, for each row ``r`` and temperature ``tau`` with upstream gradient ``g[r, k]``::
 
         dL/dz[r, :] += (1 / tau) * ( scatter(g[r, :] at ids[r, :]) - (sum_k g[r, k]) * softmax(z[r] / tau) )
+
+    with ``softmax(z / 2) = sqrt(softmax(z)) * exp(lse_1 / 2 - lse_2)`` so that temperatures 1 and 2 share one
+    exponential pass.
     """
 
     @staticmethod
-    def forward(ctx, logits, b, p, ids, lses, taus, chunk_elements):  # noqa: D401
+    def forward(ctx, logits, b, p, ids, lses, taus):  # noqa: D401
         z = logits[b.unsqueeze(1), p.unsqueeze(1), ids].float()
         outs = tuple(z / tau - lse.unsqueeze(1) for tau, lse in zip(taus, lses))
         ctx.save_for_backward(logits, b, p, ids, *lses)
         ctx.taus = taus
-        ctx.chunk_elements = chunk_elements
         return outs
 
     @staticmethod
     def backward(ctx, *grads):
         logits, b, p, ids, *lses = ctx.saved_tensors
         taus = ctx.taus
+        reader = RowReader(logits, b, p)
         grad_logits = torch.zeros_like(logits)
-        n = int(b.numel())
-        step = chunk_rows(logits.shape[-1], ctx.chunk_elements)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            bb, pp = b[start:stop], p[start:stop]
-            z = logits[bb, pp].float()
-            rows = torch.zeros_like(z)
+        grad_flat = grad_logits.view(-1, reader.vocab)
+        lse_of = dict(zip(taus, lses))
+        for start, stop in reader.spans():
+            z = reader.read(start, stop)
             sparse = torch.zeros(stop - start, ids.shape[1], dtype=torch.float32, device=z.device)
-            for tau, lse, g in zip(taus, lses, grads):
+            weights = {}
+            for tau, g in zip(taus, grads):
                 if g is None:
                     continue
                 gc = g[start:stop].float()
                 sparse += gc / tau
-                weight = gc.sum(dim=1, keepdim=True) / tau
-                rows -= weight * torch.exp(z / tau - lse[start:stop].unsqueeze(1))
+                weights[tau] = gc.sum(dim=1, keepdim=True) / tau
+            if not weights:
+                continue
+            probs = torch.softmax(z, dim=-1)
+            lse1 = lse_of.get(1.0)
+            lse1 = _lse_from_softmax(z, probs) if lse1 is None else lse1[start:stop]
+            rows = probs * -weights[1.0] if 1.0 in weights else torch.zeros_like(probs)
+            for tau, w in weights.items():
+                if tau == 1.0:
+                    continue
+                coef = -w * torch.exp(lse1 / tau - lse_of[tau][start:stop]).unsqueeze(1)
+                if tau == 2.0:
+                    rows.addcmul_(probs.sqrt(), coef)
+                else:
+                    rows.addcmul_(torch.exp(z / tau - lse_of[tau][start:stop].unsqueeze(1)), coef)
             rows.scatter_add_(1, ids[start:stop], sparse)
-            grad_logits[bb, pp] = rows.to(grad_logits.dtype)
-        return grad_logits, None, None, None, None, None, None
+            first = reader.contiguous(start, stop)
+            if first is not None:
+                grad_flat[first:first + stop - start] = rows
+            else:
+                grad_flat[reader.index[start:stop]] = rows.to(grad_flat.dtype)
+        return grad_logits, None, None, None, None, None
 
 
 def log_softmax_at(
@@ -160,7 +217,6 @@ def log_softmax_at(
     ids: Tensor,
     lses: dict[float, Tensor],
     taus: tuple[float, ...],
-    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> tuple[Tensor, ...]:
     """Log-probabilities at temperature ``tau`` of selected columns of the answer rows.
 
@@ -177,6 +233,6 @@ def log_softmax_at(
     lse_list = tuple(lses[float(t)] for t in taus)
     taus = tuple(float(t) for t in taus)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _LogSoftmaxAt.apply(logits, b, p, ids, lse_list, taus, chunk_elements)
+        return _LogSoftmaxAt.apply(logits, b, p, ids, lse_list, taus)
     z = logits[b.unsqueeze(1), p.unsqueeze(1), ids].float()
     return tuple(z / tau - lse.unsqueeze(1) for tau, lse in zip(taus, lse_list))
