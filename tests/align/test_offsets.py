@@ -56,7 +56,7 @@ def assert_partition(s_groups: list[int], t_groups: list[int], s_len: int, t_len
 
 def squash(text: str) -> str:
     """Text up to whitespace and Unicode normal form (qwen1.5 normalises to NFC)."""
-    return "".join(unicodedata.normalize("NFC", text).split())
+    return unicodedata.normalize("NFC", "".join(text.split()))
 
 
 def tokenize(tok, text: str) -> tuple[list[int], list[tuple[int, int]]]:
