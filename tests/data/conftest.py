@@ -2,76 +2,27 @@
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tiny import CORPUS, REAL_TOKENIZERS, byte_level_tokenizer, make_examples, metaspace_tokenizer  # noqa: F401
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ctkd.data import Example
 
-CORPUS = [
-    "Context: The cat sat on the mat. Question: who sat on the mat? Answer: the cat",
-    "Dialogue: #Person1#: hello there, how are you?\n#Person2#: fine, thanks. Summary: they greet each other",
-    "Title: Paris Context: Paris is the capital of France. Question: what is the capital? Answer: Paris, France",
-] * 20
-ALPHABET = list(string.printable) + ["é", "ö", "▁"]
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-REAL_TOKENIZERS = ("gpt2", "llama2", "mistral", "qwen1.5")
-TINY_VOCAB = 300
-
-
-def _byte_level() -> PreTrainedTokenizerFast:
-    """GPT-2-like: byte-level BPE, no BOS added, ChatML chat template, no pad token."""
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tk.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, eos_token="<|endoftext|>", additional_special_tokens=specials[1:]
-    )
-    tok.chat_template = CHATML_TEMPLATE
-    return tok
-
-
-def _metaspace(add_eos: bool = False) -> PreTrainedTokenizerFast:
-    """SentencePiece-like: Metaspace BPE whose post-processor adds BOS (and EOS when asked), with pad."""
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=ALPHABET
-    )
-    tk.train_from_iterator(CORPUS, trainer)
-    bos, eos = tk.token_to_id("<s>"), tk.token_to_id("</s>")
-    single = "<s> $A </s>" if add_eos else "<s> $A"
-    tk.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("<s>", bos), ("</s>", eos)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_byte_level() -> PreTrainedTokenizerFast:
-    return _byte_level()
+    return byte_level_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_metaspace() -> PreTrainedTokenizerFast:
-    return _metaspace()
+    return metaspace_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_adds_eos() -> PreTrainedTokenizerFast:
-    return _metaspace(add_eos=True)
+    return metaspace_tokenizer(add_eos=True)
 
 
 class _LazyTokenizers(dict):
@@ -92,25 +43,6 @@ class _LazyTokenizers(dict):
 def real_tokenizers(shared_dir: Path) -> dict:
     """The real tokenizers of shared/tokenizers by folder name, each loaded once, when first used."""
     return _LazyTokenizers(shared_dir / "tokenizers")
-
-
-def make_examples(count: int = 12, task: str = "qed") -> list[Example]:
-    """Small QA examples with distinct ids, short contexts and varied answers (non-ASCII included)."""
-    answers = ["the cat", "Paris, France", "1901", "Wilhelm Conrad Röntgen , of Germany", "é and ö", "two\nlines"]
-    return [
-        Example(
-            id=f"ex{i}",
-            task=task,
-            fields={
-                "title": f"Title {i}",
-                "context": f"Context sentence number {i}. The cat sat on the mat near Paris. " * (1 + i % 3),
-                "question": f"question {i}: who sat?",
-            },
-            target=answers[i % len(answers)],
-            references=[answers[i % len(answers)]],
-        )
-        for i in range(count)
-    ]
 
 
 @pytest.fixture
