@@ -77,11 +77,15 @@ def make_model_folder(
     return folder
 
 
-def write_tiny_gguf(path: Path, *, tied: bool = True, seed: int = 0, layers: int = 2) -> Path:
+def write_tiny_gguf(
+    path: Path, *, tied: bool = True, seed: int = 0, layers: int = 2, placeholders: int = 0
+) -> Path:
     """Write a tiny float32 Llama GGUF with a GPT-2-style byte-level vocabulary.
 
     The vocabulary is SmolLM2's three specials, the 256 byte symbols and a few merges; with no
-    ``output.weight`` tensor the embeddings are tied, as in SmolLM2 and Gemma.
+    ``output.weight`` tensor the embeddings are tied, as in SmolLM2 and Gemma. ``placeholders``
+    appends that many ``[PAD<id>]`` tokens of type UNUSED, as llama.cpp's converter pads Qwen2.5's
+    vocabulary to its embedding rows.
     """
     import gguf
 
@@ -92,7 +96,9 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, seed: int = 0, layers: int
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [byte_symbols[b] for b in range(256)]
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
     tokens += [left + right for left, right in merges]
-    control, normal = 3, 1  # llama.cpp token types
+    real = len(tokens)
+    tokens += [f"[PAD{i}]" for i in range(real, real + placeholders)]
+    control, normal, unused = 3, 1, 5  # llama.cpp token types
     heads, kv_heads, ffn = 4, 2, 2 * TINY_HIDDEN
     head_dim = TINY_HIDDEN // heads
 
@@ -111,7 +117,7 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, seed: int = 0, layers: int
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
-    writer.add_token_types([control] * 3 + [normal] * (len(tokens) - 3))
+    writer.add_token_types([control] * 3 + [normal] * (real - 3) + [unused] * placeholders)
     writer.add_token_merges([f"{left} {right}" for left, right in merges])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)

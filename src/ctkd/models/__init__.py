@@ -1,8 +1,9 @@
 """Load causal LMs (hub id, folder, GGUF file or short name) and state facts about their vocabularies.
 
 Vocabulary policy, applied everywhere in ctkd: **logits are sliced to the real vocabulary**,
-``vocab_size = 1 + max token id`` (the ids the tokenizer can produce, added tokens included; equal
-to ``len(tokenizer)`` for contiguous ids), with :func:`vocab_logits` and :func:`output_embedding`.
+``vocab_size = 1 + max token id`` (the ids the tokenizer can produce, added tokens included, less
+llama.cpp's trailing ``[PAD<id>]`` placeholders; equal to ``len(tokenizer)`` for a tokenizer.json
+with contiguous ids), with :func:`vocab_logits` and :func:`output_embedding`.
 Padded embedding rows beyond it are ignored; a tokenizer with more ids than embedding rows is an
 error. Details in :mod:`ctkd.models.vocab`.
 

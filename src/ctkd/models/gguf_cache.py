@@ -125,6 +125,7 @@ def materialise(source: GgufSource, cache_root: Path) -> Path:
     os.close(handle)
     temp = Path(temp_name)
     try:
+        os.chmod(temp, _FILE_MODE & ~_current_umask())  # mkstemp makes it private; follow the umask
         source.assemble(temp)
         got = sha256_of_files([temp])
         if got != source.sha256:
@@ -285,6 +286,7 @@ def convert_gguf(source: GgufSource, dest: Path, *, name: str, cache_root: Path)
 
 
 _DIR_MODE = 0o777
+_FILE_MODE = 0o666
 
 
 def _current_umask() -> int:

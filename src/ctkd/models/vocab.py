@@ -7,12 +7,21 @@ token ids to 152,064 rows, for instance, so that the matrix shape is a multiple 
 number. The extra rows are never trained towards anything and the tokenizer can never produce their
 ids. ctkd therefore defines
 
-    ``vocab_size = 1 + max(id for id in tokenizer.get_vocab().values())``
+    ``vocab_size = 1 + max(id for id in tokenizer.get_vocab().values())``, not counting a trailing run
+    of llama.cpp vocabulary placeholders ``[PAD<id>]``,
 
-the number of ids the tokenizer can produce, added tokens included. For every tokenizer seen so far
-this equals ``len(tokenizer)`` (which counts the added tokens); it differs only if the id space has
-holes, and then the larger number is the safe one. It is *not* ``tokenizer.vocab_size``, which
-in transformers counts the base vocabulary without added tokens (151,643 for Qwen, not 151,646).
+the number of ids the tokenizer can produce, added tokens included. For a tokenizer read from
+``tokenizer.json`` this equals ``len(tokenizer)`` (which counts the added tokens; it would differ
+only if the id space had holes, and then the larger number is the safe one). It is *not*
+``tokenizer.vocab_size``, which in transformers counts the base vocabulary without added tokens
+(151,643 for Qwen 1.5, not 151,646).
+
+The placeholder rule matters for GGUF files: llama.cpp's converter pads the token list to the
+embedding rows with ordinary (non-added) tokens spelled ``[PAD151665]``, ``[PAD151666]``, ...,
+which no text can produce (the pre-tokenizer splits ``[PAD151665]`` into pieces). Qwen2.5-Coder-0.5B's
+GGUF tokenizer lists 151,936 tokens of which the last 271 are such placeholders; the policy gives
+151,665, the same as the hub tokenizer, so the model's vocabulary does not depend on where it was
+loaded from.
 
 **Logits are sliced to the real vocabulary** before any softmax, top-k or loss:
 ``vocab_logits(logits, vocab_size) = logits[..., :vocab_size]``, and a loss that builds logits from
@@ -92,7 +101,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-_UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}
+_BYTE_SYMBOLS_TO_LATIN1 = str.maketrans({char: chr(byte) for byte, char in _bytes_to_unicode().items()})
+"""``str.translate`` table from byte symbols to the Latin-1 character of the same byte value."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,15 +111,23 @@ _UNICODE_TO_BYTE = {char: byte for byte, char in _bytes_to_unicode().items()}
 
 
 def policy_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Number of ids the tokenizer can produce: ``1 + max id`` over its vocabulary and added tokens.
+    """Number of ids the tokenizer can produce: ``1 + max id`` over its vocabulary and added tokens,
+    less a trailing run of llama.cpp placeholders ``[PAD<id>]``.
 
-    Equals ``len(tokenizer)`` whenever the ids are contiguous (all real tokenizers seen so far);
+    Equals ``len(tokenizer)`` for tokenizers whose ids are contiguous and carry no placeholders;
     see the module docstring for why this, not ``tokenizer.vocab_size``, is the policy value.
     """
-    ids = tokenizer.get_vocab().values()
-    if not ids:
+    return _policy_size(tokenizer.get_vocab(), tokenizer)
+
+
+def _policy_size(vocab: dict[str, int], tokenizer: PreTrainedTokenizerBase) -> int:
+    if not vocab:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has an empty vocabulary")
-    return max(ids) + 1
+    size = max(vocab.values()) + 1
+    added = set(tokenizer.added_tokens_decoder)
+    while size > 1 and (size - 1) not in added and vocab.get(f"[PAD{size - 1}]") == size - 1:
+        size -= 1
+    return size
 
 
 def check_vocab_fits(vocab_size: int, embedding_rows: int, name: str = "model") -> None:
@@ -231,7 +249,8 @@ class VocabFacts:
 
     Attributes:
         length: ``len(tokenizer)``, base vocabulary plus added tokens.
-        vocab_size: the policy value, ``1 + max id`` (see the module docstring).
+        vocab_size: the policy value, ``1 + max id`` less trailing ``[PAD<id>]`` placeholders (see
+            the module docstring); ``length - vocab_size`` placeholders are left out.
         base_vocab_size: ``tokenizer.vocab_size``, the base vocabulary *without* added tokens.
         num_added_tokens: tokens added on top of the model vocabulary (specials, chat markers).
         kind: ``byte_level``, ``sentencepiece`` or ``other`` (:func:`tokenizer_kind`).
@@ -281,7 +300,7 @@ def describe_vocab(tokenizer: PreTrainedTokenizerBase) -> VocabFacts:
     bos_id, eos_id = special["bos"].id, special["eos"].id
     return VocabFacts(
         length=len(tokenizer),
-        vocab_size=policy_vocab_size(tokenizer),
+        vocab_size=_policy_size(vocab, tokenizer),
         base_vocab_size=int(tokenizer.vocab_size),
         num_added_tokens=len(tokenizer.get_added_vocab()),
         kind=tokenizer_kind(tokenizer),
@@ -301,8 +320,8 @@ def describe_vocab(tokenizer: PreTrainedTokenizerBase) -> VocabFacts:
 def _byte_level_text(token: str) -> str:
     """Decode a byte-level BPE token to text; undecodable bytes become ``<0xNN>``."""
     try:
-        raw = bytes(_UNICODE_TO_BYTE[char] for char in token)
-    except KeyError:  # not spelled in the byte alphabet: already plain text
+        raw = token.translate(_BYTE_SYMBOLS_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:  # a character outside the byte alphabet: already plain text
         return token
     return raw.decode("utf-8", errors=_HEX_BYTE_ERRORS)
 
@@ -323,10 +342,13 @@ def _other_text(token: str) -> str:
 
 
 def normalised_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
-    """Map every token id to the text it stands for, normalised as the module docstring describes."""
+    """Map every id below the policy vocabulary size to the text it stands for, normalised as the
+    module docstring describes (llama.cpp placeholders beyond it are left out)."""
     kind = tokenizer_kind(tokenizer)
     convert = {"byte_level": _byte_level_text, "sentencepiece": _sentencepiece_text, "other": _other_text}[kind]
-    texts = {token_id: convert(token) for token, token_id in tokenizer.get_vocab().items()}
+    vocab = tokenizer.get_vocab()
+    size = _policy_size(vocab, tokenizer)
+    texts = {token_id: convert(token) for token, token_id in vocab.items() if token_id < size}
     for token_id, added in tokenizer.added_tokens_decoder.items():
         text = added.content
         if kind == "sentencepiece" and added.normalized:
