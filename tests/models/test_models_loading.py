@@ -213,6 +213,11 @@ def test_hub_id_offline_says_no_network(offline: None) -> None:
     assert "'ctkd-tests/no-such-model'" in str(info.value)
 
 
+def test_hub_gguf_offline_says_no_network(offline: None, cache_root: Path) -> None:
+    with pytest.raises(HubUnavailableError, match="'ctkd-tests/no-such-gguf-repo' .* no network / not cached"):
+        load_model("ctkd-tests/no-such-gguf-repo", gguf_file="model.Q4_K_M.gguf", cache_dir=cache_root)
+
+
 def test_short_name_offline_and_not_installed_names_pip_command(
     offline: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

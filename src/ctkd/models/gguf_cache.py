@@ -247,7 +247,8 @@ def convert_gguf(source: GgufSource, dest: Path, *, name: str, cache_root: Path)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     if tied and not embeddings_tied(model):
         raise RuntimeError(f"{name}: the rebuilt model's embeddings are no longer tied")
-    difference = max_logit_difference(gguf_model, model, verification_ids(tokenizer, model.get_input_embeddings().num_embeddings))
+    probe = verification_ids(tokenizer, model.get_input_embeddings().num_embeddings)
+    difference = max_logit_difference(gguf_model, model, probe)
     if not difference <= VERIFY_ATOL:
         raise RuntimeError(
             f"{name}: the rebuilt model's logits differ from the GGUF-loaded model's by {difference:.3g} "

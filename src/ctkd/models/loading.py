@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .gguf_cache import convert_gguf, converted_dir, is_complete, resolve_cache_root, slug, source_for_file
+from .gguf_cache import convert_gguf, converted_dir, is_complete, resolve_cache_root, source_for_file
 from .registry import KNOWN_MODELS, GgufSource, KnownModel
 from .vocab import check_vocab_fits, output_embedding, policy_vocab_size, vocab_logits
 
@@ -323,7 +323,8 @@ def load_model(
         revision: hub branch, tag or commit (hub ids only).
         gguf_file: a GGUF file name inside the ``name_or_path`` folder or hub repository.
         resize_embeddings: when the tokenizer can produce more ids than the model has embedding
-            rows, grow the embedding (new rows start at the mean embedding) instead of raising.
+            rows, grow the embedding instead of raising (transformers' mean resizing: new rows are
+            drawn around the mean of the existing rows, and are untrained).
 
     Returns:
         A :class:`LoadedModel`.

@@ -138,9 +138,10 @@ def check_vocab_fits(vocab_size: int, embedding_rows: int, name: str = "model") 
         )
         raise ValueError(
             f"{name}: the tokenizer can produce {vocab_size} token ids but the model has only "
-            f"{embedding_rows} embedding rows, so {missing} cannot be embedded or scored. Use the tokenizer that was trained with this model, or grow the "
-            "embedding with load_model(..., resize_embeddings=True) (new rows start at the mean "
-            "embedding and are untrained)."
+            f"{embedding_rows} embedding rows, so {missing} cannot be embedded or scored. Use the "
+            "tokenizer that was trained with this model, or grow the embedding with "
+            "load_model(..., resize_embeddings=True) (new rows are drawn around the mean embedding "
+            "and are untrained)."
         )
 
 
