@@ -206,3 +206,24 @@ def test_input_errors_name_the_problem(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="prompt 1"):
         encode_prompts(no_bos, ["Hi", ""])
     assert generate_answers(tiny_model, tiny_tokenizer, [], progress=False) == []
+
+
+@pytest.mark.parametrize(("name", "has_bos"), [("gpt2", False), ("mistral", True), ("qwen1.5", False)])
+def test_real_tokenizers_bos_once_and_newline_tokens(shared_dir, name, has_bos):
+    from transformers import AutoTokenizer
+
+    from ctkd.eval.generation import NewlineStoppingCriteria
+
+    tok = AutoTokenizer.from_pretrained(shared_dir / "tokenizers" / name)
+    prefix = special_prefix_ids(tok)
+    assert prefix == ([tok.bos_token_id] if has_bos else [])
+    prompt = "Question: who?\nAnswer:"
+    [plain] = encode_prompts(tok, [prompt])
+    assert plain[: len(prefix)] == prefix and plain.count(tok.bos_token_id) == (1 if has_bos else 0)
+    if has_bos:  # a chat template that already wrote "<s>" gets no second one
+        [templated] = encode_prompts(tok, [tok.bos_token + "[INST] " + prompt])
+        assert templated[0] == tok.bos_token_id and templated.count(tok.bos_token_id) == 1
+    # newline is "Ċ" in byte-level BPE and "<0x0A>" with SentencePiece byte fallback: both detected
+    criteria = NewlineStoppingCriteria(tok)
+    ids = tok("a\nb", add_special_tokens=False)["input_ids"]
+    assert [criteria.token_has_newline(i) for i in ids] == [False, True, False]

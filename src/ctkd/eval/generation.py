@@ -123,10 +123,10 @@ def stop_token_ids(model, tokenizer, end_of_turn_tokens: Sequence[str] = END_OF_
     ids = _as_id_list(tokenizer.eos_token_id)
     generation_config = getattr(model, "generation_config", None)
     ids += _as_id_list(getattr(generation_config, "eos_token_id", None))
-    unk = tokenizer.unk_token_id
     for token in end_of_turn_tokens:
         token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == unk or tokenizer.convert_ids_to_tokens(token_id) != token:
+        # A missing token maps to None or to the unknown token, whose text differs from `token`.
+        if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
             continue
         ids.append(int(token_id))
     return list(dict.fromkeys(ids))
