@@ -199,7 +199,9 @@ def test_bad_arguments_fail_before_generating(tiny_model, tiny_tokenizer, tmp_pa
     with pytest.raises(KeyError, match="unknown task or metric 'bleu'"):
         run_evaluation(tiny_model, tiny_tokenizer, PROMPTS, refs, IDS, metric="bleu", out_dir=tmp_path)
     with pytest.raises(ValueError, match="unique"):
-        run_evaluation(tiny_model, tiny_tokenizer, PROMPTS, refs, ["a", "b", "a", "c", "d"], metric="qed", out_dir=tmp_path)
+        run_evaluation(
+            tiny_model, tiny_tokenizer, PROMPTS, refs, ["a", "b", "a", "c", "d"], metric="qed", out_dir=tmp_path
+        )
     with pytest.raises(TypeError, match=r"references\[0\] is the string"):
         run_evaluation(tiny_model, tiny_tokenizer, PROMPTS, ["a"] * 5, IDS, metric="qed", out_dir=tmp_path)
     assert counter.calls == 0

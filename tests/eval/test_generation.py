@@ -49,7 +49,9 @@ def test_batched_left_padding_matches_unpadded_greedy_loop(tiny_model, tiny_toke
     )
     assert got == expected
     one_by_one = [
-        generate_answers(tiny_model, tiny_tokenizer, [p], max_new_tokens=max_new, stop_at_newline=False, progress=False)[0]
+        generate_answers(
+            tiny_model, tiny_tokenizer, [p], max_new_tokens=max_new, stop_at_newline=False, progress=False
+        )[0]
         for p in PROMPTS
     ]
     assert one_by_one == expected
@@ -126,7 +128,9 @@ def test_newline_cut_and_early_stop(chains):
         # " the", " cat", "\n": three steps, then the newline criterion ends the batch
         assert batch.texts == ["the cat"] and batch.num_new_tokens == [3] and len(calls) == 3
         calls.clear()
-        [batch] = list(iter_generate(model, tok, [prompts[0]], max_new_tokens=10, stop_at_newline=False, progress=False))
+        [batch] = list(
+            iter_generate(model, tok, [prompts[0]], max_new_tokens=10, stop_at_newline=False, progress=False)
+        )
         # without the cut: " the cat\n on" and EOS (5 steps); the text keeps the newline
         assert batch.texts == ["the cat\n on"] and batch.num_new_tokens == [5] and len(calls) == 5
     finally:
@@ -139,7 +143,9 @@ def test_batch_stops_rows_independently_and_restores_order(chains):
     order = [2, 0, 1, 0]
     calls, handle = _count_forward_calls(model)
     try:
-        got = generate_answers(model, tok, [prompts[i] for i in order], batch_size=4, max_new_tokens=max_new, progress=False)
+        got = generate_answers(
+            model, tok, [prompts[i] for i in order], batch_size=4, max_new_tokens=max_new, progress=False
+        )
     finally:
         handle.remove()
     expected = {0: "the cat", 1: "mat", 2: "xyzxyzx"}

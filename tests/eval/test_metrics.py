@@ -191,7 +191,12 @@ def test_references_score_perfectly_against_themselves(shared_dir):
 
 def test_registries_are_consistent():
     assert set(METRICS) == {"token_f1", "rouge_lsum", "exact_match"}
-    assert TASK_METRIC == {"qed": "token_f1", "dialogsum": "rouge_lsum", "fairytaleqa": "rouge_lsum", "jsonl": "rouge_lsum"}
+    assert TASK_METRIC == {
+        "qed": "token_f1",
+        "dialogsum": "rouge_lsum",
+        "fairytaleqa": "rouge_lsum",
+        "jsonl": "rouge_lsum",
+    }
     assert resolve_metric("qed") == "token_f1"
     assert resolve_metric("exact_match") == "exact_match"
     with pytest.raises(KeyError, match="tasks are .*metrics are"):

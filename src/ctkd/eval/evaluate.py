@@ -31,7 +31,7 @@ import torch
 
 from .generation import DEFAULT_MAX_NEW_TOKENS, END_OF_TURN_TOKENS, iter_generate
 from .metrics import resolve_metric
-from .report import PREDICTIONS_FILE, REPORT_FILE, EvalReport, check_references, evaluate_predictions, read_jsonl
+from .report import PREDICTIONS_FILE, REPORT_FILE, EvalReport, check_references, evaluate_predictions
 
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_FORMAT = "ctkd.eval.partial/1"
