@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_complete_run_writes_both_files_in_input_order(tiny_model, tiny_tokenize
     assert summary["complete"] is True
     assert summary["metric"] == "token_f1" and summary["task"] == "qed" and summary["n"] == 5
     assert summary["score"] == pytest.approx(expected.score) == pytest.approx(report.score)
-    assert summary["settings"]["max_new_tokens"] == MAX_NEW and summary["settings"]["method"] == "sft"
+    assert summary["settings"]["max_new_tokens"] == MAX_NEW and summary["settings"]["run"] == {"method": "sft"}
     assert summary["timing"]["examples_generated"] == 5 and summary["timing"]["examples_resumed"] == 0
 
     loaded = load_report(tmp_path)
@@ -141,6 +142,8 @@ def test_partial_from_other_settings_or_prompts_is_refused(tiny_model, tiny_toke
     counter = patch_generate(fail_on=None)
     with pytest.raises(ValueError, match="max_new_tokens: saved 4, now 5"):
         _run(tiny_model, tiny_tokenizer, references, tmp_path, max_new_tokens=5)
+    with pytest.raises(ValueError, match=re.escape("run: saved {}, now {'checkpoint': 'step200'}")):
+        _run(tiny_model, tiny_tokenizer, references, tmp_path, settings={"checkpoint": "step200"})
     with pytest.raises(ValueError, match="saved prompt of example"):
         run_evaluation(
             tiny_model, tiny_tokenizer, ["changed", *PROMPTS[1:]], references, IDS,

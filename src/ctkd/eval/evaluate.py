@@ -150,7 +150,9 @@ def run_evaluation(
             ``False`` discards it.
         overwrite: redo an evaluation whose ``report.json`` already exists (deleted first, so the
             folder never looks complete while the new run is going).
-        settings: extra JSON-ready facts recorded in ``report.json`` (e.g. checkpoint, method, seed).
+        settings: extra JSON-ready facts about the run (e.g. checkpoint, method, seed), recorded in
+            ``report.json`` under ``settings.run``; a partial file is resumed only when they match, so
+            a partial from another checkpoint is never mixed in.
 
     Returns:
         The :class:`~ctkd.eval.report.EvalReport` over all examples.
@@ -194,6 +196,7 @@ def run_evaluation(
         "add_special_tokens": add_special_tokens,
         "end_of_turn_tokens": list(end_of_turn_tokens),
         "decoding": "greedy",
+        "run": dict(settings or {}),  # the caller's facts (checkpoint, method, ...) must match to resume
     }
     prompts_by_id = dict(zip(keys, prompts))
     done: dict[str, dict] = {}
@@ -259,7 +262,7 @@ def run_evaluation(
         "complete": True,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "predictions_file": PREDICTIONS_FILE,
-        "settings": {**generation_settings, "batch_size": batch_size, **(settings or {})},
+        "settings": {**generation_settings, "batch_size": batch_size},
         "answers": {
             "mean_new_tokens": sum(lengths) / len(lengths) if lengths else None,
             "at_max_new_tokens": sum(1 for n_tok in lengths if n_tok >= max_new_tokens),
