@@ -272,3 +272,22 @@ def test_slow_tokenizer_is_refused(tiny_byte_level):
 
     with pytest.raises(ValueError, match="not a fast tokenizer"):
         DistillCollator(Slow(), tiny_byte_level, PromptBuilder(PromptConfig(QA_TEMPLATE)), PromptBuilder(PromptConfig(QA_TEMPLATE)))
+
+
+def test_alignment_covers_every_answer_token_including_the_end_token(real_tokenizers, example_factory):
+    """The groups of each example partition exactly the answer positions of the batch (EOS included)."""
+    examples = example_factory(12)
+    collator = DistillCollator.for_task("qed", real_tokenizers["gpt2"], real_tokenizers["llama2"],
+                                        shot_pool=examples, alignment=True)
+    features = collator.prepare_features(examples)
+    batch = collator.collate(features)
+    assert batch.alignment is not None
+    s_len, t_len = batch.student.answer_lengths, batch.teacher.answer_lengths
+    assert torch.equal((batch.alignment.student_group >= 0).sum(1), s_len)
+    assert torch.equal((batch.alignment.teacher_group >= 0).sum(1), t_len)
+    # both sides end with the appended end token: it is a group of its own on both sides
+    for b in range(len(batch)):
+        last = int(batch.alignment.num_groups[b]) - 1
+        assert int(batch.alignment.student_group[b, int(s_len[b]) - 1]) == last
+        assert int(batch.alignment.teacher_group[b, int(t_len[b]) - 1]) == last
+        assert int((batch.alignment.student_group[b] == last).sum()) == 1

@@ -413,10 +413,14 @@ class DistillCollator:
             raise ValueError(f"no example fits: all {report.num_examples} were dropped ({report.dropped}); raise max_length")
 
     def _with_alignment(self, features: list[PairFeatures]) -> list[PairFeatures]:
-        try:
-            from ctkd.align.offsets import align_answer_offsets
-        except ImportError as err:
-            raise ImportError("alignment=True needs ctkd.align.offsets.align_answer_offsets, which is not available") from err
+        from ctkd.align.offsets import align_answer_offsets
+
+        def offsets(side: SideFeatures) -> list[tuple[int, int]]:
+            # align_answer_offsets expects the end token as the last offset entry when has_eos is True;
+            # answer_offsets leave it out, so add it as an empty span at the end of the text
+            end = len(side.answer_text)
+            return list(side.answer_offsets) + ([(end, end)] if side.has_eos else [])
+
         return [
             PairFeatures(
                 f.example_id,
@@ -425,9 +429,9 @@ class DistillCollator:
                 tuple(
                     align_answer_offsets(
                         f.student.answer_text,
-                        f.student.answer_offsets,
+                        offsets(f.student),
                         f.teacher.answer_text,
-                        f.teacher.answer_offsets,
+                        offsets(f.teacher),
                         f.student.has_eos,
                         f.teacher.has_eos,
                     )
