@@ -12,7 +12,15 @@
   side (the answer text's tokens, the appended end token not counted), prompt tokens before
   truncation, how many examples the length policy drops or truncates, and the share of answer tokens
   whose byte spans align one to one (:func:`ctkd.align.one_to_one_share`, pooled over the split, on the
-  collator's alignment groups, in which an end token on both sides is one more one-to-one group).
+  groups of :func:`ctkd.align.align_answer_offsets`, in which an end token on both sides is one more
+  one-to-one group).
+
+The alignment groups are computed here from the collator's features rather than by the collator
+(``alignment=True``): ``align_answer_offsets`` expects, with ``has_eos=True``, an offset entry for the
+end token as the last entry, while the features' ``answer_offsets`` exclude it, and the collator
+passes them as they are (so its groups lose the last real answer token, and an example whose answer
+is one token on one side cannot be aligned at all: ``'butane'`` is one Gemma token). Here the end
+token's entry is appended first.
 
 Where the facts come from (the cheapest source that is also what training reads):
 
@@ -57,7 +65,7 @@ SHOT_POOL_SPLIT = "train"
 PREPARE_CHUNK = 128
 """Examples tokenized per ``DistillCollator.prepare`` call: the granularity of the progress bar."""
 
-SHOWN_SPECIAL_TOKENS = 4
+SHOWN_SPECIAL_TOKENS = 2
 """Additional special tokens listed by name in the text report (the rest are counted)."""
 
 DEFAULT_MAX_LENGTH = {
@@ -177,8 +185,11 @@ class TaskFacts:
         num_examples: examples measured (after ``limit``).
         num_kept: examples the length policy keeps on both sides.
         drop_reasons: ``"<side>: <reason>"`` -> examples dropped for it (an example may count twice).
-        one_to_one_share: share of answer tokens, both sides pooled over the kept examples, lying in
-            alignment groups of exactly one token per side (``None`` when nothing was kept).
+        one_to_one_share: share of answer tokens (end tokens included), both sides pooled over the
+            kept examples, lying in alignment groups of exactly one token per side (``None`` when
+            nothing was kept).
+        aligned_groups: alignment groups over the kept examples (an end token on both sides is a group).
+        one_to_one_groups: those with exactly one token on each side.
         student: the student side.
         teacher: the teacher side.
     """
@@ -191,6 +202,8 @@ class TaskFacts:
     num_kept: int
     drop_reasons: dict[str, int]
     one_to_one_share: float | None
+    aligned_groups: int
+    one_to_one_groups: int
     student: SideTaskFacts
     teacher: SideTaskFacts
 
@@ -424,7 +437,7 @@ def task_facts(
     """
     from tqdm.auto import tqdm
 
-    from ctkd.align import one_to_one_share, stack_alignments
+    from ctkd.align import align_answer_offsets, one_to_one_share, stack_alignments
     from ctkd.data import DistillCollator, SideConfig
 
     lengths = {**DEFAULT_MAX_LENGTH, **(max_length or {})}
@@ -435,7 +448,6 @@ def task_facts(
         data.shot_pool,
         SideConfig(max_length=lengths["student"]),
         SideConfig(max_length=lengths["teacher"]),
-        alignment=True,
     )
     features: list = []
     dropped: Counter[str] = Counter()
@@ -454,10 +466,25 @@ def task_facts(
             fallbacks.update(prepared.report.boundary_fallbacks)
             bar.update(len(chunk))
 
-    share = None
-    if features:
-        alignment = stack_alignments([f.alignment for f in features])
+    def with_end(side: Any) -> list[tuple[int, int]]:
+        # align_answer_offsets reads the last entry as the end token when has_eos (its offsets ignored)
+        end = len(side.answer_text)
+        return list(side.answer_offsets) + ([(end, end)] if side.has_eos else [])
+
+    groups = [
+        align_answer_offsets(
+            f.student.answer_text, with_end(f.student), f.teacher.answer_text, with_end(f.teacher), f.student.has_eos, f.teacher.has_eos
+        )
+        for f in features
+    ]
+    share, num_groups, single = None, 0, 0
+    if groups:
+        alignment = stack_alignments(groups)
         share = one_to_one_share(alignment.student_group, alignment.teacher_group)
+        num_groups = int(alignment.num_groups.sum())
+        for s_groups, t_groups in groups:
+            s_sizes, t_sizes = Counter(s_groups), Counter(t_groups)
+            single += sum(1 for g, n in s_sizes.items() if n == 1 and t_sizes[g] == 1)
 
     def side_facts(name: str) -> SideTaskFacts:
         side = collator.sides[name]
@@ -482,6 +509,8 @@ def task_facts(
         num_kept=kept,
         drop_reasons=dict(sorted(dropped.items())),
         one_to_one_share=share,
+        aligned_groups=num_groups,
+        one_to_one_groups=single,
         student=side_facts("student"),
         teacher=side_facts("teacher"),
     )
@@ -598,7 +627,7 @@ def _rows(report: PairReport) -> list[tuple[str, ...]]:
         ("", "student", "teacher"),
         ("Model",),
         both("name", lambda m: m.name),
-        both("read from", lambda m: f"{m.source}: {m.location}"),
+        both("source", lambda m: SOURCE_TEXT.get(m.source, m.source)),
         both("architecture", lambda m: m.architecture),
         ("Vocabulary",),
         both("tokenizer kind", lambda m: m.vocab.kind),
@@ -637,6 +666,7 @@ def _rows(report: PairReport) -> list[tuple[str, ...]]:
             ("answer tokens total", _count(ts.answer_tokens.total), _count(tt.answer_tokens.total)),
             ("prompt tokens mean / median / max", _lengths(ts.prompt_tokens), _lengths(tt.prompt_tokens)),
             ("one-to-one aligned answer tokens", share),
+            ("alignment groups (one-to-one)", f"{_count(task.aligned_groups)} ({_count(task.one_to_one_groups)})"),
             ("max length (prompt + answer + end)", _count(ts.max_length), _count(tt.max_length)),
             ("dropped: answer does not fit", _count(ts.dropped), _count(tt.dropped)),
             ("prompt cut from the left", _count(ts.truncated), _count(tt.truncated)),
@@ -645,6 +675,14 @@ def _rows(report: PairReport) -> list[tuple[str, ...]]:
         ]
     return rows
 
+
+SOURCE_TEXT = {
+    "folder": "model folder",
+    "cache": "GGUF, converted earlier",
+    "gguf": "GGUF, converted now",
+    "hub": "Hugging Face hub",
+}
+"""How each ``ModelFacts.source`` is written in the table."""
 
 INDENT = "  "
 GAP = "  "
@@ -663,9 +701,9 @@ def _render(report: PairReport) -> str:
         else:
             label = row[0] if row[0] == "" else INDENT + row[0]
             lines.append(f"{label:<{label_width}}{GAP}{row[1]:<{value_width}}{GAP}{row[2]}".rstrip())
+    lines += ["", *(f"{m.role} read from {m.location}" for m in (report.student, report.teacher))]
     if report.task is not None:
         lines += [
-            "",
             "Answer tokens: the answer text's tokens in context, as the collator cuts them (end token not counted),",
             "over the kept examples. One-to-one: share of answer tokens, both sides pooled, in byte-aligned groups",
             "of one token per side (1.0 = identical segmentation; the shared end token counts as one group).",

