@@ -48,9 +48,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctkd.config import DataConfig
+
+if TYPE_CHECKING:  # transformers (under ctkd.models and ctkd.data) is slow to import: only when used
+    from ctkd.data import Example
+    from ctkd.models import VocabFacts, VocabOverlap
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ class ModelFacts:
     location: str
     architecture: str
     embedding_rows: int
-    vocab: Any  # ctkd.models.VocabFacts (imported lazily: transformers is slow to import)
+    vocab: VocabFacts
 
     @property
     def unused_rows(self) -> int:
@@ -221,7 +225,7 @@ class PairReport:
 
     student: ModelFacts
     teacher: ModelFacts
-    overlap: Any  # ctkd.models.VocabOverlap
+    overlap: VocabOverlap
     task: TaskFacts | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,13 +348,22 @@ def check_task_arguments(task: str, split: str, limit: int | None) -> None:
 
 @dataclass(frozen=True)
 class TaskData:
-    """The examples to measure and the pool their few-shot demonstrations are drawn from."""
+    """The examples to measure and the pool their few-shot demonstrations are drawn from.
+
+    Attributes:
+        task, split: what was read.
+        data_dir: the folder (or file) read.
+        examples: the examples to measure, in file order, ``limit`` applied.
+        shot_pool: the whole ``train`` split (or the measured split when there is none; empty when no
+            prompt of the task uses shots).
+        shot_pool_name: where the shot pool came from, for the report.
+    """
 
     task: str
     split: str
     data_dir: str
-    examples: list
-    shot_pool: list
+    examples: list[Example]
+    shot_pool: list[Example]
     shot_pool_name: str
 
 
