@@ -38,7 +38,8 @@ class ModelConfig:
     name: str = ""
     """Short name (``smollm2-135m-instruct``, ``gemma-3-270m``, ...), hub id, local folder or ``.gguf`` file."""
     dtype: str = "float32"
-    """``float32`` or ``bfloat16`` weights (the student keeps float32 master weights when training in bf16)."""
+    """``float32``, ``bfloat16``, or ``auto`` (bfloat16 where the device runs it natively, else float32: CPUs
+    without AVX512-BF16/AMX emulate bf16 matrix products about 70 times slower than float32)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub ids."""
     trust_remote_code: bool = False
@@ -129,8 +130,9 @@ class OptimConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
-    bf16: bool = False
-    """Mixed precision (bf16 autocast) for the student's forward and backward."""
+    bf16: bool | None = False
+    """Mixed precision (bf16 autocast) for the student's forward and backward; None: where bf16 is native
+    (see ``ModelConfig.dtype``). Master weights stay float32."""
     gradient_checkpointing: bool = False
 
 
@@ -344,8 +346,8 @@ def validate(config: DistillConfig) -> None:
         raise ConfigError(f"data.task {config.data.task!r} is unknown; choose from {sorted(TASKS)}")
     for side in ("student", "teacher"):
         dtype = getattr(config, side).dtype
-        if dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"{side}.dtype must be float32 or bfloat16, got {dtype!r}")
+        if dtype not in ("float32", "bfloat16", "auto"):
+            raise ConfigError(f"{side}.dtype must be float32, bfloat16 or auto, got {dtype!r}")
     if not config.student.name:
         raise ConfigError("student.name is empty; give a short name, hub id, folder or .gguf file")
     if not config.teacher.name and not config.teacher.cache and config.loss.method != "ce":

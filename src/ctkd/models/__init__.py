@@ -27,6 +27,8 @@ from .loading import (
     ModelRef,
     UnknownModelError,
     load_model,
+    native_bf16,
+    resolve_dtype,
     resolve_model,
 )
 from .registry import KNOWN_MODELS, GgufSource, KnownModel
@@ -66,6 +68,8 @@ __all__ = [
     "describe_vocab",
     "load_gguf_model",
     "load_model",
+    "native_bf16",
+    "resolve_dtype",
     "normalised_token_texts",
     "normalised_vocab",
     "output_embedding",

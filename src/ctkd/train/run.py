@@ -235,6 +235,15 @@ def kd_weight(config: DistillConfig, loss) -> float:
     return float(getattr(loss, "default_kd_weight", 1.0))
 
 
+def mixed_precision(bf16: bool | None) -> bool:
+    """``optim.bf16``: None means where bf16 is native on the training device."""
+    if bf16 is not None:
+        return bf16
+    from ctkd.models import native_bf16
+
+    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def training_arguments(config: DistillConfig, out: Path, progress: bool):
     from transformers import TrainingArguments
 
@@ -252,7 +261,7 @@ def training_arguments(config: DistillConfig, out: Path, progress: bool):
         warmup_steps=optim.warmup_ratio,
         max_grad_norm=optim.max_grad_norm,
         seed=optim.seed,
-        bf16=optim.bf16,
+        bf16=mixed_precision(optim.bf16),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=optim.gradient_checkpointing,
         logging_steps=config.output.logging_steps,

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import torch
 from transformers import Trainer
 
 from ctkd.data.collator import DistillCollator
@@ -74,16 +73,3 @@ class DistillTrainer(Trainer):
             self._component_sums.clear()
             self._component_counts.clear()
         super().log(logs, start_time)
-
-
-def has_bf16_cpu() -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AVX512-BF16 or AMX): otherwise bf16 is slow."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
