@@ -50,7 +50,7 @@ def test_bfloat16_weights(tmp_path: Path, tiny: SimpleNamespace, dtype: str | to
 
 def test_bad_dtype_and_role_are_named(tmp_path: Path, tiny: SimpleNamespace) -> None:
     folder = tiny.make_model_folder(tmp_path / "m")
-    with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float32'\], got 'fp8'"):
+    with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float32', 'auto'\], got 'fp8'"):
         load_model(folder, dtype="fp8")
     with pytest.raises(ValueError, match="role must be one of .*got 'judge'"):
         load_model(folder, role="judge")
