@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from ctkd.losses import LOSSES, build_loss
+from ctkd.losses import LOSSES, DistillationLoss, build_loss
 from ctkd.teacher import LiveTeacher
 from ctkd.train.step import DistillStep
 from ctkd.train.trainer import DistillTrainer, trainer_collate_fn
@@ -116,3 +116,61 @@ def test_answer_forward_matches_full_logits(tiny_pair, collator, features):
 def test_step_refuses_to_train_nothing():
     with pytest.raises(ValueError, match="both 0"):
         DistillStep(build_loss("uld"), ce_weight=0.0, kd_weight=0.0, student_vocab_size=10)
+
+
+class LearnedTemperatureCE(DistillationLoss, torch.nn.Module):
+    """A loss with a parameter of its own, standing in for DSKD's projectors."""
+
+    name = "learned_temperature_ce"
+    needs = frozenset({"labels"})
+    uses_teacher = False
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.log_tau = torch.nn.Parameter(torch.tensor(0.3))
+
+    def compute(self, student_logits, teacher_logits, student_mask, teacher_mask, *, labels, **_):
+        from ctkd.types import LossOutput
+
+        logp = torch.log_softmax(student_logits.float() / self.log_tau.exp(), -1)
+        picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        loss = -(picked * student_mask).sum() / student_mask.sum().clamp_min(1)
+        return LossOutput(loss=loss, components={"tau": self.log_tau.exp().detach()}, num_tokens=int(student_mask.sum()))
+
+
+def test_a_loss_with_parameters_is_trained_checkpointed_and_resumed(tmp_path, pair_tokenizers, collator, features):
+    from tiny import tiny_gemma3, tiny_llama
+
+    from ctkd.train.trainer import KD_MODULES_FILE, load_kd_module
+
+    s_tok, t_tok = pair_tokenizers
+
+    def run(folder, loss, stop=None, resume=None, seed=0):
+        pair = (tiny_llama(len(s_tok), seed=seed), tiny_gemma3(len(t_tok)))
+        step = DistillStep(loss, ce_weight=0.0, kd_weight=1.0, student_vocab_size=len(s_tok))
+        args = TrainingArguments(output_dir=str(folder), per_device_train_batch_size=2, max_steps=4, learning_rate=5e-2,
+                                 report_to=[], save_strategy="steps", save_steps=2, use_cpu=True,
+                                 remove_unused_columns=False, disable_tqdm=True, seed=0, lr_scheduler_type="constant")
+        trainer = DistillTrainer(model=pair[0], args=args, train_dataset=features,
+                                 data_collator=trainer_collate_fn(collator), step=step, teacher=None)
+        if stop:
+            trainer.add_callback(StopAt(stop))
+        if resume:
+            load_kd_module(loss, resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        return pair[0]
+
+    full_loss = LearnedTemperatureCE()
+    full_student = run(tmp_path / "full", full_loss)
+    assert abs(full_loss.log_tau.item() - 0.3) > 1e-3  # it was trained
+    assert (tmp_path / "full" / "checkpoint-4" / KD_MODULES_FILE).exists()
+
+    cut_loss = LearnedTemperatureCE()
+    run(tmp_path / "cut", cut_loss, stop=2)
+    resumed_loss = LearnedTemperatureCE()  # starts at 0.3 again; the checkpoint restores it
+    resumed_student = run(tmp_path / "cut", resumed_loss, resume=tmp_path / "cut" / "checkpoint-2", seed=7)
+    torch.testing.assert_close(resumed_loss.log_tau, full_loss.log_tau)
+    for name, value in _params(full_student).items():
+        torch.testing.assert_close(_params(resumed_student)[name], value, atol=1e-6, rtol=1e-5)
+    # never part of the exported student
+    assert not any("log_tau" in k for k in full_student.state_dict())

@@ -60,11 +60,28 @@ class DistillationLoss:
 
     def config(self) -> dict[str, Any]:
         """The hyperparameters this loss was built with (JSON-serialisable), for logs and model cards."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and _plain(v)}
+
+    def trainable_module(self) -> torch.nn.Module | None:
+        """The loss's own trainable parameters (e.g. DSKD's projectors), or None.
+
+        A loss with parameters is also a ``torch.nn.Module``; the trainer optimises its parameters with the
+        student's, synchronises their gradients across processes, and saves them in every checkpoint
+        (``ctkd_kd_modules.safetensors``) so that ``--resume`` continues exactly; they are never part of the
+        exported student.
+        """
+        if isinstance(self, torch.nn.Module) and any(True for _ in self.parameters()):
+            return self
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(_plain(v) for v in value))
 
 
 def _check_logits(name: str, logits: Tensor) -> None:

@@ -41,3 +41,7 @@ class TeacherSignal:
 
     def to(self, device) -> "TeacherSignal":
         return self
+
+    def head_weight(self) -> Tensor:
+        """(Vt, H) the teacher's output-head rows of its real vocabulary (for methods that project into it)."""
+        raise ValueError(f"{type(self).__name__} has no output head; this method needs a live teacher model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ctkd.forward import answer_forward
+from ctkd.forward import answer_forward, output_head
 from ctkd.teacher.base import TeacherOutputs, TeacherSignal
 from ctkd.types import DistillBatch
 
@@ -26,6 +26,9 @@ class LiveTeacher(TeacherSignal):
     def to(self, device) -> "LiveTeacher":
         self.model.to(device)
         return self
+
+    def head_weight(self) -> torch.Tensor:
+        return output_head(self.model).weight[: self.vocab_size].detach()
 
     @torch.no_grad()
     def outputs(self, batch: DistillBatch, *, hidden: bool = False) -> TeacherOutputs:

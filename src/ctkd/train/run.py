@@ -368,6 +368,12 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     checkpoint = last_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s yet; training starts from the beginning", out / CHECKPOINT_DIR)
+    if checkpoint is not None and trainer.kd_module is not None:
+        from ctkd.train.trainer import load_kd_module
+
+        if not load_kd_module(trainer.kd_module, checkpoint):
+            raise ConfigError(f"--resume: {checkpoint} has no saved parameters for the loss {config.loss.method!r}; "
+                              "it was written by another method or an older ctkd")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timings["train"] = time.perf_counter() - tick
 

@@ -20,10 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ctkd.forward import answer_forward
+from ctkd.forward import answer_forward, output_head
 from ctkd.losses import CrossEntropy, DistillationLoss
 from ctkd.teacher import TeacherSignal
 from ctkd.types import DistillBatch
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
 
 
 @dataclass
@@ -76,7 +80,7 @@ class DistillStep:
     def __call__(self, student_model, teacher: TeacherSignal | None, batch: DistillBatch,
                  normaliser: float | Tensor | None = None) -> StepOutput:
         needs = self.kd_loss.needs if self.kd_loss is not None else frozenset()
-        want_hidden = "hidden_states" in needs
+        want_hidden = "student_hidden" in needs or "teacher_hidden" in needs
         student = answer_forward(student_model, batch.student, self.student_vocab_size, hidden=want_hidden)
         num_tokens = int(student.mask.sum())
         components: dict[str, Tensor] = {}
@@ -86,15 +90,22 @@ class DistillStep:
             total = total + self.ce_weight * ce.loss
             components["ce"] = ce.loss.detach()
         if self.kd_loss is not None and self.kd_weight > 0:
-            if teacher is None:
-                raise ValueError(f"loss {self.kd_loss.name!r} needs a teacher, but none was given")
-            t_out = teacher.outputs(batch, hidden=want_hidden)
+            t_out = None
+            if self.kd_loss.uses_teacher:
+                if teacher is None:
+                    raise ValueError(f"loss {self.kd_loss.name!r} needs a teacher, but none was given")
+                t_out = teacher.outputs(batch, hidden=want_hidden)
             extras = self._extras(batch)
             extras["labels"] = student.labels
             if want_hidden:
                 extras["student_hidden"] = student.hidden
-                extras["teacher_hidden"] = t_out.hidden
-            kd = self.kd_loss(student.logits, t_out.for_loss, student.mask, t_out.mask, **extras)
+                extras["teacher_hidden"] = t_out.hidden if t_out is not None else None
+            if "student_head" in needs:  # (Vs, H) rows of the real vocabulary; trained with the student
+                extras["student_head"] = output_head(_unwrap(student_model)).weight[: self.student_vocab_size]
+            if "teacher_head" in needs:
+                extras["teacher_head"] = teacher.head_weight()
+            kd = self.kd_loss(student.logits, t_out.for_loss if t_out is not None else None, student.mask,
+                              t_out.mask if t_out is not None else None, **extras)
             total = total + self.kd_weight * kd.loss
             components["kd"] = kd.loss.detach()
             components.update({k: v.detach() for k, v in kd.components.items()})
