@@ -6,7 +6,9 @@ Setting (issue "Foundation"): B=4, T=256 with the last 128 positions being the a
 The floor is what no method can beat: ``ce`` forward+backward on the student's answer rows plus one
 ``logsumexp`` over the teacher's answer rows (no gradient). Each time is reported as a ratio to the floor
 measured in the same run; memory as the peak RSS increase during the call, as a ratio to the size of the two
-logit tensors. Each (loss, vocabulary) case runs in a fresh subprocess so peaks do not leak between cases.
+logit tensors. Times come from one process per vocabulary that runs the cases in turn, round after round (the
+ratio of each run to the floor run just before it; the machine is shared and its speed drifts); peak memory
+from a fresh process per case, so peaks do not leak between cases.
 
 Run:  python benchmarks/bench_losses.py [--repeats 3] [--threads 2] [--out benchmarks/results/losses.json]
 """
@@ -35,51 +37,78 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_case(case: str, vt: int, args: argparse.Namespace) -> dict:
-    """Runs inside a fresh subprocess: builds inputs in place, times forward+backward, reads the peak RSS."""
+def _inputs(vt: int, args: argparse.Namespace):
     import torch
-    import torch.nn.functional as F
-
-    from ctkd.losses import build_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b, t, a, vs = args.batch, args.seq_len, args.answer_len, args.student_vocab
-    student = torch.empty(b, t, vs).normal_(0, 3).requires_grad_()
+    student = torch.empty(b, t, vs).normal_(0, 3).requires_grad_()  # in place: no transient copies
     teacher = torch.empty(b, t, vt).normal_(0, 3)
     mask = torch.zeros(b, t, dtype=torch.bool)
     mask[:, t - a - 1:t - 1] = True  # shifted: the logits before each of the last `a` tokens
     labels = torch.full((b, t), -100)
     labels[mask] = torch.randint(0, vs, (int(mask.sum()),))
-    name, params = CASES[case]
+    return student, teacher, mask, labels
 
+
+def _step_fn(case: str, student, teacher, mask, labels):
+    """A callable running one forward + backward of ``case``."""
+    import torch
+    import torch.nn.functional as F
+
+    from ctkd.losses import build_loss
+
+    name, params = CASES[case]
     if name == "floor":
         def step():
-            rows = student[mask]
-            loss = F.cross_entropy(rows, labels[mask])
+            loss = F.cross_entropy(student[mask], labels[mask])
             loss.backward()
             with torch.no_grad():
                 torch.logsumexp(teacher[mask], dim=-1)
             return loss
-    else:
-        loss_fn = build_loss(name, **params)
+        return step
+    loss_fn = build_loss(name, **params)
 
-        def step():
-            out = loss_fn(student, teacher, mask, mask, labels=labels)
-            out.loss.backward()
-            return out.loss
+    def step():
+        out = loss_fn(student, teacher, mask, mask, labels=labels)
+        out.loss.backward()
+        return out.loss
+    return step
 
+
+def time_cases(vt: int, cases: list[str], args: argparse.Namespace) -> list[dict]:
+    """Child process: every case timed in turn, repeat after repeat, so each ratio to the floor is taken
+    between runs seconds apart (the machine is shared and its speed drifts)."""
+    student, teacher, mask, labels = _inputs(vt, args)
+    steps = {case: _step_fn(case, student, teacher, mask, labels) for case in cases}
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    for rep in range(args.repeats + 1):  # the first round warms up allocator and kernels
+        for case in cases:
+            student.grad = None
+            start = time.perf_counter()
+            steps[case]()
+            if rep:
+                times[case].append(time.perf_counter() - start)
+    rows = []
+    for case in cases:
+        ratios = sorted(t / f for t, f in zip(times[case], times["floor"]))
+        ordered = sorted(times[case])
+        rows.append({"case": case, "vt": vt, "seconds": ordered[len(ordered) // 2],
+                     "time_ratio": ratios[len(ratios) // 2], "times": times[case]})
+    return rows
+
+
+def peak_memory(case: str, vt: int, args: argparse.Namespace) -> dict:
+    """Child process: peak RSS increase of one forward + backward (after a warm-up run)."""
+    student, teacher, mask, labels = _inputs(vt, args)
+    step = _step_fn(case, student, teacher, mask, labels)
     base = _maxrss_bytes()
-    times = []
-    for _ in range(args.repeats + 1):  # the first run warms up allocator and kernels
+    for _ in range(2):
         student.grad = None
-        start = time.perf_counter()
-        value = step()
-        times.append(time.perf_counter() - start)
-    peak = _maxrss_bytes() - base
-    times = sorted(times[1:])
-    return {"case": case, "vt": vt, "seconds": times[len(times) // 2], "peak_bytes": max(0, peak),
-            "value": float(value), "tensors_bytes": student.numel() * 4 + teacher.numel() * 4}
+        step()
+    return {"case": case, "vt": vt, "peak_bytes": max(0, _maxrss_bytes() - base),
+            "tensors_bytes": student.numel() * 4 + teacher.numel() * 4}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--child", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--vt", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.case:  # child process
-        print(json.dumps(run_case(args.case, args.vt, args)))
+    if args.child == "time":
+        print(json.dumps(time_cases(args.vt, args.cases, args)))
+        return 0
+    if args.child == "memory":
+        print(json.dumps(peak_memory(args.case, args.vt, args)))
         return 0
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -108,36 +141,41 @@ def main(argv: list[str] | None = None) -> int:
                  "--student-vocab", str(args.student_vocab), "--repeats", str(args.repeats),
                  "--threads", str(args.threads)]
     cases = ["floor"] + [c for c in args.cases if c != "floor"]
+
+    def child(extra: list[str], what: str):
+        print(what, file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, __file__, *extra, *forwarded], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            raise SystemExit(f"benchmark child failed: {what}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     results = []
-    total = len(cases) * len(args.teacher_vocabs)
-    done = 0
     for vt in args.teacher_vocabs:
-        for case in cases:
-            done += 1
-            print(f"[{done}/{total}] {case}, teacher vocabulary {vt:,} ...", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--case", case, "--vt", str(vt), *forwarded],
-                                  capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                raise SystemExit(f"benchmark case {case!r} (Vt={vt}) failed")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        timed = child(["--child", "time", "--vt", str(vt), "--cases", *cases],
+                      f"timing {len(cases)} cases, teacher vocabulary {vt:,}, {args.repeats} rounds ...")
+        for row in timed:
+            mem = child(["--child", "memory", "--case", row["case"], "--vt", str(vt)],
+                        f"peak memory of {row['case']}, teacher vocabulary {vt:,} ...")
+            row.update(peak_bytes=mem["peak_bytes"], tensors_bytes=mem["tensors_bytes"],
+                       memory_ratio=mem["peak_bytes"] / mem["tensors_bytes"])
+            results.append(row)
 
     print(f"\nLoss forward+backward, B={args.batch}, T={args.seq_len}, answer={args.answer_len}, "
-          f"Vs={args.student_vocab:,}, float32, {args.threads} threads, median of {args.repeats}")
+          f"Vs={args.student_vocab:,}, float32, {args.threads} threads, median of {args.repeats} interleaved rounds")
     header = f"| {'loss':<26} | {'Vt':>8} | {'time (s)':>8} | {'x floor':>7} | {'peak +MB':>8} | {'x logits':>8} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    floors = {r["vt"]: r["seconds"] for r in results if r["case"] == "floor"}
     for r in results:
-        r["time_ratio"] = r["seconds"] / floors[r["vt"]]
-        r["memory_ratio"] = r["peak_bytes"] / r["tensors_bytes"]
         print(f"| {r['case']:<26} | {r['vt']:>8,} | {r['seconds']:>8.3f} | {r['time_ratio']:>7.2f} | "
               f"{r['peak_bytes'] / 2**20:>8.0f} | {r['memory_ratio']:>8.2f} |")
-    print("\nx floor: time / (ce fwd+bwd on student answer rows + logsumexp over teacher answer rows), same run.\n"
-          "x logits: peak RSS increase during the call / bytes of the two (B, T, V) logit tensors.")
+    print("\nx floor: median over rounds of time / floor time in the same round (floor: ce fwd+bwd on the student's\n"
+          "answer rows + logsumexp over the teacher's answer rows). x logits: peak RSS increase during the call /\n"
+          "bytes of the two (B, T, V) logit tensors, measured in a separate process per case.")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": results}, indent=2))
+        args.out.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                     for k, v in vars(args).items()}, "results": results}, indent=2))
     return 0
 
 

@@ -196,11 +196,11 @@ class _LogSoftmaxAt(torch.autograd.Function):
             for tau, w in weights.items():
                 if tau == 1.0:
                     continue
-                coef = -w * torch.exp(lse1 / tau - lse_of[tau][start:stop]).unsqueeze(1)
-                if tau == 2.0:
-                    rows.addcmul_(probs.sqrt(), coef)
+                lse_tau = lse_of[tau][start:stop].unsqueeze(1)
+                if tau == 2.0:  # softmax(z / 2) = sqrt(softmax(z)) * exp(lse_1 / 2 - lse_2)
+                    rows.addcmul_(probs.sqrt(), -w * torch.exp(lse1.unsqueeze(1) / 2 - lse_tau))
                 else:
-                    rows.addcmul_(torch.exp(z / tau - lse_of[tau][start:stop].unsqueeze(1)), coef)
+                    rows.addcmul_(torch.exp(z / tau - lse_tau), -w)
             rows.scatter_add_(1, ids[start:stop], sparse)
             first = reader.contiguous(start, stop)
             if first is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,18 @@ from ctkd.align import answer_index, positional_pairs, span_pairs
 from ctkd.losses._vocab import CHUNK_ELEMENTS, chunk_rows
 from ctkd.losses.base import DistillationLoss, check_choice, check_finite, check_positive, zero_loss
 from ctkd.types import LossOutput, SpanAlignment
+
+
+def _sorted_descending(values: Tensor) -> Tensor:
+    """Row-wise descending sort of values only (no indices needed: the teacher gets no gradient).
+
+    NumPy's vectorised sort (x86-simd-sort) is several times faster than ``torch.sort`` for 262k-wide rows on
+    the CPU, and it skips the int64 index tensor; other devices use torch.
+    """
+    if values.device.type == "cpu" and values.dtype == torch.float32:
+        ascending = np.sort(values.numpy(), axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(ascending[:, ::-1]))
+    return values.sort(dim=-1, descending=True).values
 
 
 class _SortedL1(torch.autograd.Function):
@@ -45,7 +58,7 @@ class _SortedL1(torch.autograd.Function):
             zt = teacher[tb[start:stop], tp[start:stop]].float() / tau
             lse_s = torch.logsumexp(zs, dim=-1, keepdim=True)
             ps_sorted, order = (zs - lse_s).exp_().sort(dim=-1, descending=True)
-            pt_sorted = torch.softmax(zt, dim=-1).sort(dim=-1, descending=True).values
+            pt_sorted = _sorted_descending(torch.softmax(zt, dim=-1))
             diff = ps_sorted[:, :common] - pt_sorted[:, :common]
             total = diff.abs().sum(-1)
             if vt > vs:
