@@ -15,7 +15,8 @@ What is compared: token *texts*, normalised so that two tokenizers spell the sam
 - SentencePiece-style tokens (Llama-2, Mistral, Gemma: ``Metaspace`` or ``Replace("▁", " ")``) get the
   word marker ``▁`` replaced by a space (``"▁world"`` -> ``" world"``);
 - byte-fallback tokens ``<0xNN>`` (``ByteFallback`` decoder) become the byte ``0xNN``;
-- added tokens (special or not: ``<eos>``, ``<|im_end|>``, Gemma's ``"\\n\\n"``) are taken verbatim;
+- added tokens (special or not: ``<eos>``, ``<|im_end|>``, Gemma's ``"\\n\\n"``) are taken verbatim, except
+  ``<0xNN>`` in a byte-fallback tokenizer (some declare the byte tokens as added tokens), which are bytes;
 - the bytes are decoded as UTF-8 with ``surrogateescape``: whole characters stay characters, and a token
   that holds part of a multi-byte character (byte-level BPE splits CJK characters) keeps its raw bytes as
   lone surrogates, so the text is an injective function of the bytes and equal texts mean equal bytes.
@@ -196,7 +197,7 @@ class TokenTexts:
         for i, token in enumerate(tokens):
             if token is None:
                 texts.append(None)
-            elif i in added:
+            elif i in added and not (self.scheme.byte_fallback and _BYTE_FALLBACK.match(str(token))):
                 texts.append(str(token))
             else:
                 texts.append(bytes_to_text(self.scheme.token_bytes(str(token))) or None)
