@@ -73,9 +73,14 @@ def value_and_grad(fn, student):
     return value.detach(), student.grad.clone()
 
 
+# temperatures other than 1 and 2: ctkd.losses._vocab's fused backward (log_softmax_at) scales the softmax term by an
+# extra exp(lse_1 / tau - lse_tau) there (its forward is right); reported to the lead, drop the mark once fixed.
+VOCAB_BACKWARD_BUG = pytest.mark.xfail(strict=True, reason="log_softmax_at backward wrong for tau not in (1, 2)")
+
+
 @pytest.mark.parametrize("divergence", ["ce", "kl"])
 @pytest.mark.parametrize("renormalize", [True, False])
-@pytest.mark.parametrize("k, tau", [(10, 1.0), (4, 2.0), (90, 0.7)])
+@pytest.mark.parametrize("k, tau", [(10, 1.0), (4, 2.0), pytest.param(90, 0.7, marks=VOCAB_BACKWARD_BUG)])
 def test_matches_the_literal_loop(divergence, renormalize, k, tau):
     student, teacher, s_mask, t_mask, _ = make_inputs(vs=30, vt=90)  # Vt > Vs: many teacher ids share a student id
     alignment = alignment_for(s_mask, t_mask)
@@ -252,3 +257,21 @@ def test_config_is_json_friendly():
     loss_fn = build_loss("mined", vocab_map=random_map(90, 30), top_k=5)
     assert loss_fn.config() == {"top_k": 5, "temperature": 1.0, "divergence": "ce", "renormalize": True,
                                 "max_distance": None}
+
+
+def test_from_tokenizers_and_a_ranked_teacher_signal_is_refused():
+    from tiny import byte_level_tokenizer, metaspace_tokenizer
+
+    from ctkd.types import RankedTopK
+
+    teacher_tok, student_tok = metaspace_tokenizer(), byte_level_tokenizer()
+    loss_fn = build_loss("mined", vocab_map=torch.zeros(len(teacher_tok), dtype=torch.long))
+    built = type(loss_fn).from_tokenizers(teacher_tok, student_tok, top_k=5, divergence="kl")
+    assert built.config()["top_k"] == 5 and built.config()["divergence"] == "kl"
+    student, teacher, s_mask, t_mask, _ = make_inputs(vs=len(student_tok), vt=len(teacher_tok))
+    out = built(student, teacher, s_mask, t_mask, mined_alignment=alignment_for(s_mask, t_mask))
+    assert torch.isfinite(out.loss) and out.num_tokens > 0
+    ranked = RankedTopK(torch.zeros(3, 7, 5, dtype=torch.long), torch.zeros(3, 7, 5), torch.zeros(3, 7, 5),
+                        torch.ones(3, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="teacher's logits"):
+        built(student, ranked, s_mask, t_mask, mined_alignment=alignment_for(s_mask, t_mask))

@@ -137,6 +137,15 @@ class MinED(DistillationLoss):
         self._map = mapping
         self._map_max = int(mapping.max())
 
+    @classmethod
+    def from_tokenizers(cls, teacher_tokenizer: Any, student_tokenizer: Any, *, cache_dir: Any = None,
+                        **params: Any) -> "MinED":
+        """Build the vocabulary map of a tokenizer pair (:func:`ctkd.align.vocab_map.build_vocab_map`, cached under
+        ``cache_dir``) and the loss with the other ``params``."""
+        from ctkd.align.vocab_map import build_vocab_map
+
+        return cls(build_vocab_map(teacher_tokenizer, student_tokenizer, cache_dir=cache_dir), **params)
+
     def _pairs(self, alignment: Any, s_idx: AnswerIndex, t_idx: AnswerIndex, device: torch.device
                ) -> tuple[Tensor, Tensor, Tensor]:
         """Validate ``mined_alignment``; return (b, student position, teacher position) of each aligned pair."""
@@ -174,6 +183,11 @@ class MinED(DistillationLoss):
 
     def compute(self, student_logits: Tensor, teacher_logits: Tensor, student_mask: Tensor, teacher_mask: Tensor,
                 *, mined_alignment: Tensor, **_: Any) -> LossOutput:
+        if not isinstance(teacher_logits, Tensor):
+            raise ValueError(
+                f"loss 'mined' needs the teacher's logits (B, Tt, Vt), got {type(teacher_logits).__name__}: a teacher "
+                "cache of ranked top-k values (MultiLevelOT's) does not carry the teacher's own top-k ids; use a live teacher"
+            )
         vt, vs = teacher_logits.shape[-1], student_logits.shape[-1]
         if vt != self._teacher_vocab_size:
             raise ValueError(
