@@ -184,13 +184,17 @@ class TokenTexts:
         tokenizer: a fast Hugging Face tokenizer.
 
     Attributes:
-        texts: list of length ``len(tokenizer)``; ``texts[i]`` is the text of id i, None for a hole.
+        texts: one entry per id of the project's vocabulary policy (:func:`ctkd.models.vocab.policy_vocab_size`:
+            ``1 + max id``, less llama.cpp's trailing ``[PAD<id>]`` placeholders; ``len(tokenizer)`` for ordinary
+            tokenizers), the size of the logits the losses receive; ``texts[i]`` is None for a hole.
         scheme: the :class:`TokenScheme` read from the tokenizer.
     """
 
     def __init__(self, tokenizer: Any) -> None:
+        from ctkd.models.vocab import policy_vocab_size  # lazy: ctkd.models pulls in transformers' model code
+
         self.scheme = TokenScheme.of(tokenizer)
-        size = len(tokenizer)
+        size = policy_vocab_size(tokenizer)
         tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
         added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
         texts: list[str | None] = []
@@ -439,8 +443,8 @@ def build_vocab_map(
     """Build (or load from the cache) the MinED teacher -> student vocabulary map.
 
     Args:
-        teacher_tokenizer, student_tokenizer: fast Hugging Face tokenizers; the map has ``len(teacher_tokenizer)``
-            entries, each a student id below ``len(student_tokenizer)`` (or -1).
+        teacher_tokenizer, student_tokenizer: fast Hugging Face tokenizers; the map has one entry per teacher id of
+            the vocabulary policy (:class:`TokenTexts`), each a student id below the student's policy size (or -1).
         cache_dir: folder of cached maps; None disables the cache. The file name holds a hash of both normalised
             vocabularies and :data:`ALGORITHM_VERSION`.
         match_special_roles: pair the EOS / BOS / UNK / PAD tokens by role (module docstring).

@@ -213,7 +213,9 @@ class MinED(DistillationLoss):
         check_finite("teacher_logits", t_stats.lse[tau])
         ids = t_stats.row_topk  # (N, K)
         (t_logp,) = log_softmax_at(teacher, b, tp, ids, t_stats.lse, (tau,))
-        target = self._map.to(device)[ids]  # (N, K) student ids, -1 where unmapped
+        if self._map.device != ids.device:
+            self._map = self._map.to(ids.device)  # moved once, not every call
+        target = self._map[ids]  # (N, K) student ids, -1 where unmapped
         kept = target >= 0
         weight = t_logp.exp() * kept  # (N, K) teacher probability carried to the student vocabulary
         mass = weight.sum(dim=1)
