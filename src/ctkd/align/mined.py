@@ -2,16 +2,17 @@
 
 Source: FuseLLM (Wan et al., ICLR 2024, arXiv 2401.10491), section 3.3, which follows Fu et al. (2023,
 "Specializing smaller language models towards multi-step reasoning"): the two tokenizations of the same
-text are aligned by dynamic programming that "recursively minimises the total cost of editing one sequence
-of tokens to match the other"; where a one-to-one correspondence exists the teacher's distribution is carried
-over, otherwise it is not. Re-implemented from the papers; no code is taken from the authors' repository
+text are aligned by dynamic programming that minimises the total cost of editing one token sequence into the
+other; where a one-to-one correspondence exists the teacher's distribution is carried over, otherwise it is
+not. Re-implemented from the papers; no code is taken from the authors' repository
 (it has no licence).
 
 The dynamic programme
 ---------------------
 With student token texts ``s_1..s_n`` and teacher token texts ``t_1..t_m`` (normalised as in
 :class:`ctkd.align.vocab_map.TokenTexts`: space markers as spaces, byte-level BPE decoded to its bytes,
-``<0xNN>`` as the byte), the recurrence as FuseLLM and Fu et al. write it is dynamic time warping::
+``<0xNN>`` as the byte), the recurrence (written out as eq. 1 of PTA-LLM, arXiv 2509.17276, which builds on
+FuseLLM's alignment) is dynamic time warping::
 
     D(0, 0) = 0,   D(i, 0) = D(0, j) = inf                     (i, j > 0)
     D(i, j) = c(s_i, t_j) + min( D(i-1, j-1), D(i-1, j), D(i, j-1) )
@@ -83,12 +84,14 @@ def pair_costs(student: Sequence[str], teacher: Sequence[str], cost: str = "leve
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     if cost == "exact":
-        costs = (np.asarray(student, dtype=object)[:, None] != np.asarray(teacher, dtype=object)[None, :]).astype(np.float64)
+        s_arr, t_arr = np.asarray(student, dtype=object), np.asarray(teacher, dtype=object)
+        costs = (s_arr[:, None] != t_arr[None, :]).astype(np.float64)
     else:
         from rapidfuzz import process
         from rapidfuzz.distance import Levenshtein
 
-        costs = process.cdist(list(student), list(teacher), scorer=Levenshtein.distance, dtype=np.int32).astype(np.float64)
+        costs = process.cdist(list(student), list(teacher), scorer=Levenshtein.distance, dtype=np.int32)
+        costs = costs.astype(np.float64)
     if tiebreak and costs.size:
         s_start, s_end = _spans_from_end(student)
         t_start, t_end = _spans_from_end(teacher)

@@ -34,9 +34,8 @@ Choices where the paper is silent, all written down here:
   strings at once for strings up to 64 characters). Characters that occur in no student token are first
   replaced by one sentinel character (this changes no distance, as they can never match) and equal queries
   are computed once: 216k non-exact Gemma-3 tokens shrink to 149k queries. Brute force turned out faster
-  than pruning: a
-  ``score_cutoff`` (which would prune by length) switches rapidfuzz off its SIMD kernel and measured 2-3
-  times slower per pass.
+  than pruning: a ``score_cutoff`` (which would prune by length) switches rapidfuzz off its SIMD kernel and
+  measured 2-3 times slower per pass.
 - **Special roles.** With ``match_special_roles=True`` (default), the teacher's EOS, BOS, UNK and PAD tokens
   map to the student's token of the same role when both exist, whatever their strings (``"<eos>"`` ->
   ``"<|im_end|>"``); ``pairs={teacher_id: student_id}`` adds or overrides pairs by hand (for instance a chat
@@ -45,9 +44,10 @@ Choices where the paper is silent, all written down here:
 - **Holes.** Ids with no token (``convert_ids_to_tokens`` gives None) or an empty text map to -1 with
   distance -1 ("no map"); losses drop their mass.
 
-Cost: ``O(Vt * Vs)`` distance evaluations in the worst case, done in C++; Gemma-3 (262,144) -> SmolLM2
-(49,152) is measured in ``tests/align/test_vocab_map.py`` (slow test) and takes minutes on 2 cores. The map is
-cached on disk (safetensors + JSON metadata, never pickle) under a key that hashes both normalised
+Cost: ``O(Vt * Vs)`` distance evaluations, done in C++. Gemma-3 (262,144) -> SmolLM2 (49,152), measured by the
+slow test in ``tests/align/test_vocab_map.py`` on 2 shared CPU cores: 86 s from scratch (46,253 exact matches,
+148,577 distinct nearest-neighbour queries against 49,152 texts; mean distance 1.94), 3.4 s from the cache
+(normalising the two vocabularies again to compute the key is most of it). The map is cached on disk (safetensors + JSON metadata, never pickle) under a key that hashes both normalised
 vocabularies and :data:`ALGORITHM_VERSION`, written atomically (temp file + rename).
 """
 
@@ -95,7 +95,7 @@ def byte_level_decoding_table() -> dict[str, int]:
     ``®``..``ÿ`` stand for themselves, every other byte ``b`` (in increasing order) for ``chr(256 + n)``, n
     counting those other bytes from 0. So ``" "`` (0x20) is written ``"Ġ"`` (U+0120), ``"\\n"`` is ``"Ċ"``.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [b for lo, hi in (("!", "~"), ("¡", "¬"), ("®", "ÿ")) for b in range(ord(lo), ord(hi) + 1)]
     table = {chr(b): b for b in keep}
     n = 0
     for b in range(256):
@@ -148,7 +148,8 @@ class TokenScheme:
                 replacements.append((d["pattern"]["String"], d.get("content", "")))
         if not byte_level and not replacements and any(p.get("type") == "Metaspace" for p in pre):
             replacements.append(("▁", " "))
-        byte_fallback = any(d.get("type") == "ByteFallback" for d in decoders) or bool(spec.get("model", {}).get("byte_fallback"))
+        byte_fallback = (any(d.get("type") == "ByteFallback" for d in decoders)
+                         or bool(spec.get("model", {}).get("byte_fallback")))
         return cls(byte_level=byte_level, replacements=tuple(replacements), byte_fallback=byte_fallback)
 
     def token_bytes(self, token: str) -> bytes:
@@ -252,7 +253,9 @@ class VocabMap:
         n = int(self.teacher_to_student.numel())
         for name in ("exact", "distance"):
             if int(getattr(self, name).numel()) != n or getattr(self, name).dim() != 1:
-                raise ValueError(f"VocabMap.{name} must be ({n},) like teacher_to_student, got {tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"VocabMap.{name} must be ({n},) like teacher_to_student, got {tuple(getattr(self, name).shape)}"
+                )
         self.teacher_to_student = self.teacher_to_student.long()
         self.exact = self.exact.bool()
         self.distance = self.distance.int()
@@ -459,7 +462,8 @@ def build_vocab_map(
     cache_path = None
     status = "off"
     if cache_dir is not None:
-        key = hashlib.sha256(f"{ALGORITHM_VERSION}|{teacher.fingerprint()}|{student.fingerprint()}".encode()).hexdigest()
+        key_text = f"{ALGORITHM_VERSION}|{teacher.fingerprint()}|{student.fingerprint()}"
+        key = hashlib.sha256(key_text.encode()).hexdigest()
         cache_path = Path(cache_dir) / f"vocab_map-{key[:32]}.safetensors"
         if cache_path.is_file():
             try:

@@ -81,14 +81,22 @@ def _load_map(vocab_map: Any) -> tuple[Tensor, Tensor | None]:
     if isinstance(vocab_map, Tensor):
         if vocab_map.dim() != 1 or vocab_map.is_floating_point() or vocab_map.dtype == torch.bool:
             raise ValueError(
-                f"vocab_map as a tensor must be (Vt,) integer teacher -> student ids, got shape {tuple(vocab_map.shape)} "
-                f"and dtype {vocab_map.dtype}; build one with ctkd.align.vocab_map.build_vocab_map"
+                f"vocab_map as a tensor must be (Vt,) integer teacher -> student ids, got shape "
+                f"{tuple(vocab_map.shape)} and dtype {vocab_map.dtype}; build one with "
+                "ctkd.align.vocab_map.build_vocab_map"
             )
         return vocab_map.long().cpu(), None
     raise ValueError(
-        f"vocab_map must be a VocabMap, a (Vt,) long tensor or the path of a saved VocabMap, got {type(vocab_map).__name__}; "
-        "build one with ctkd.align.vocab_map.build_vocab_map(teacher_tokenizer, student_tokenizer)"
+        f"vocab_map must be a VocabMap, a (Vt,) long tensor or the path of a saved VocabMap, got "
+        f"{type(vocab_map).__name__}; build one with ctkd.align.vocab_map.build_vocab_map(teacher_tokenizer, "
+        "student_tokenizer)"
     )
+
+
+def _empty(student_logits: Tensor) -> LossOutput:
+    """The result when no position takes part: zero, connected to the student logits."""
+    zero = zero_loss(student_logits)
+    return LossOutput(loss=zero, components={"mined": zero.detach(), "mapped_mass": zero.detach()}, num_tokens=0)
 
 
 class MinED(DistillationLoss):
@@ -127,7 +135,9 @@ class MinED(DistillationLoss):
         if mapping.numel() == 0 or int(mapping.max()) < 0:
             raise ValueError("vocab_map maps no teacher id to a student id (all -1); check how it was built")
         if int(mapping.min()) < -1:
-            raise ValueError(f"vocab_map holds {int(mapping.min())}; valid values are student ids >= 0, or -1 for no map")
+            raise ValueError(
+                f"vocab_map holds {int(mapping.min())}; valid values are student ids >= 0, or -1 for no map"
+            )
         self.top_k = top_k
         self.temperature = float(temperature)
         self.divergence = divergence
@@ -185,14 +195,15 @@ class MinED(DistillationLoss):
                 *, mined_alignment: Tensor, **_: Any) -> LossOutput:
         if not isinstance(teacher_logits, Tensor):
             raise ValueError(
-                f"loss 'mined' needs the teacher's logits (B, Tt, Vt), got {type(teacher_logits).__name__}: a teacher "
-                "cache of ranked top-k values (MultiLevelOT's) does not carry the teacher's own top-k ids; use a live teacher"
+                f"loss 'mined' needs the teacher's logits (B, Tt, Vt), got {type(teacher_logits).__name__}: a "
+                "teacher cache of ranked top-k values (MultiLevelOT's) does not carry the teacher's own top-k ids; "
+                "use a live teacher"
             )
         vt, vs = teacher_logits.shape[-1], student_logits.shape[-1]
         if vt != self._teacher_vocab_size:
             raise ValueError(
-                f"the vocab_map has {self._teacher_vocab_size} entries but teacher_logits have Vt={vt} columns: the map "
-                "must be built for this teacher's tokenizer, and the logits sliced to its vocabulary (ctkd.models)"
+                f"the vocab_map has {self._teacher_vocab_size} entries but teacher_logits have Vt={vt} columns: the "
+                "map must be built for this teacher's tokenizer, and the logits sliced to its vocabulary (ctkd.models)"
             )
         if self._map_max >= vs:
             raise ValueError(
@@ -205,8 +216,7 @@ class MinED(DistillationLoss):
         s_idx, t_idx = answer_index(student_mask), answer_index(teacher_mask)
         b, sp, tp = self._pairs(mined_alignment, s_idx, t_idx, device)
         if b.numel() == 0:
-            zero = zero_loss(student_logits)
-            return LossOutput(loss=zero, components={"mined": zero.detach(), "mapped_mass": zero.detach()}, num_tokens=0)
+            return _empty(student_logits)
         tau = self.temperature
         teacher = teacher_logits.detach()
         t_stats = vocab_stats(teacher, b, tp, temperatures=(tau,), row_topk=self.top_k)
@@ -224,8 +234,7 @@ class MinED(DistillationLoss):
             b, sp, tp, target, kept, weight, mass = (x[rows] for x in (b, sp, tp, target, kept, weight, mass))
         num = int(b.numel())
         if num == 0:
-            zero = zero_loss(student_logits)
-            return LossOutput(loss=zero, components={"mined": zero.detach(), "mapped_mass": zero.detach()}, num_tokens=0)
+            return _empty(student_logits)
         if self.renormalize:
             weight = weight / mass.unsqueeze(1)
         s_stats = vocab_stats(student_logits, b, sp, temperatures=(tau,))
