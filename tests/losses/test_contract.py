@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctkd.align.vocab_map import VocabMap
 from ctkd.losses import LOSSES, build_loss
 from ctkd.types import LossOutput, SpanAlignment
 
 from .helpers import make_inputs
+
+# MinED's teacher -> student map for make_inputs' vocabularies (Vt = 90 -> Vs = 70): collisions, a few holes (-1).
+_MINED_MAP = torch.tensor([(7 * i) % 70 if i < 86 else -1 for i in range(90)])
+_MINED_VOCAB_MAP = VocabMap(_MINED_MAP, torch.zeros(90, dtype=torch.bool),
+                            torch.where(_MINED_MAP >= 0, torch.arange(90) % 3, torch.full((90,), -1)).int())
 
 # Every registered loss must appear here (checked below); variants exercise the main switches.
 CONFIGS: dict[str, list[dict]] = {
@@ -21,16 +27,40 @@ CONFIGS: dict[str, list[dict]] = {
         {"student_columns": "greedy", "greedy_candidates": 60},
         {"grad": "last_step", "top_k": 8},
     ],
+    "mined": [
+        {"vocab_map": _MINED_MAP},
+        {"vocab_map": _MINED_MAP, "divergence": "kl", "top_k": 5, "temperature": 2.0},
+        {"vocab_map": _MINED_VOCAB_MAP, "renormalize": False, "max_distance": 1},
+    ],
 }
 CASES = [(name, params) for name, variants in CONFIGS.items() for params in variants]
-IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in p.items()) or 'default'}" for name, p in CASES]
+IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in p.items() if k != 'vocab_map') or 'default'}" for name, p in CASES]
 
 
 def test_every_registered_loss_is_covered():
     assert set(CONFIGS) == set(LOSSES)
 
 
+def mined_alignment(s_mask, t_mask):
+    """A monotone token alignment for MinED built from the masks alone (every fourth student token unaligned)."""
+    s_len = s_mask.sum(1).tolist()
+    t_len = t_mask.sum(1).tolist()
+    out = torch.full((len(s_len), max(s_len, default=0)), -1)
+    for b, n in enumerate(s_len):
+        m = t_len[b] if b < len(t_len) else 0
+        for j in range(n):
+            out[b, j] = min(j, m - 1) if (m and j % 4 != 3) else -1
+    return out
+
+
+# Method extras a loss may declare in ``needs``, built from the masks so every test gets a consistent one.
+EXTRA_FACTORIES = {"mined_alignment": mined_alignment}
+
+
 def run(loss_fn, student, teacher, s_mask, t_mask, labels, **extra):
+    for key in sorted(loss_fn.needs):
+        if key in EXTRA_FACTORIES and key not in extra:
+            extra[key] = EXTRA_FACTORIES[key](s_mask, t_mask)
     return loss_fn(student, teacher, s_mask, t_mask, labels=labels, **extra)
 
 

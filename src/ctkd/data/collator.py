@@ -51,6 +51,12 @@ Offsets (for byte-offset alignment)
     that text (EOS excluded; ``has_eos`` says whether one follows). With ``alignment=True`` the
     collator calls ``ctkd.align.offsets.align_answer_offsets`` per example in :meth:`prepare` and
     ``stack_alignments`` in :meth:`collate` to fill ``DistillBatch.alignment``.
+Method extras
+    ``extras=("mined_alignment",)`` (or ``{"mined_alignment": {"match": "first"}}`` with options) computes
+    method-specific per-example data in :meth:`prepare` and stacks it into ``DistillBatch.extras`` in
+    :meth:`collate`. ``"mined_alignment"``: MinED's token alignment (:class:`ctkd.align.mined.MinEDAligner`),
+    for each student answer token the index of its aligned teacher answer token or -1, stacked (B, Ls) and
+    padded with -1.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -75,6 +81,9 @@ BOS_PROBE_TEXT = "a"
 """Text tokenized with special tokens to find out whether a tokenizer adds a BOS by itself."""
 
 SIDES = ("student", "teacher")
+
+METHOD_EXTRAS = ("mined_alignment",)
+"""Names accepted by ``DistillCollator(extras=...)``."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +141,13 @@ class SideFeatures:
 
 @dataclass(frozen=True)
 class PairFeatures:
-    """Both sides of one prepared example, plus its alignment groups when requested."""
+    """Both sides of one prepared example, plus its alignment groups and method extras when requested."""
 
     example_id: str
     student: SideFeatures
     teacher: SideFeatures
     alignment: tuple[list[int], list[int]] | None = None
+    extras: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -298,6 +308,23 @@ class _Side:
         return TokenizedSide(input_ids=input_ids, attention_mask=attention_mask, answer_mask=answer_mask, labels=labels)
 
 
+def _method_extras(requested: Sequence[str] | Mapping[str, Mapping[str, Any]], student_tokenizer: Any,
+                   teacher_tokenizer: Any) -> dict[str, Any]:
+    """Build the per-example computers of the requested method extras (each has ``for_features`` and ``stack``)."""
+    if isinstance(requested, str):
+        requested = (requested,)
+    specs = dict(requested) if isinstance(requested, Mapping) else {name: {} for name in requested}
+    built: dict[str, Any] = {}
+    for name, options in specs.items():
+        if name == "mined_alignment":
+            from ctkd.align.mined import MinEDAligner
+
+            built[name] = MinEDAligner(student_tokenizer, teacher_tokenizer, **dict(options or {}))
+        else:
+            raise ValueError(f"unknown method extra {name!r}; known extras: {list(METHOD_EXTRAS)}")
+    return built
+
+
 class DistillCollator:
     """Tokenize examples for a student and a teacher and batch them as :class:`DistillBatch`.
 
@@ -307,6 +334,8 @@ class DistillCollator:
             tokenizer when it renders a chat template).
         student, teacher: each side's :class:`SideConfig`.
         alignment: compute byte-offset span alignments (``DistillBatch.alignment``).
+        extras: method extras to compute (``DistillBatch.extras``): names from :data:`METHOD_EXTRAS`, or a
+            mapping from name to that extra's options (module docstring).
 
     Example::
 
@@ -324,12 +353,14 @@ class DistillCollator:
         student: SideConfig = SideConfig(),
         teacher: SideConfig = SideConfig(),
         alignment: bool = False,
+        extras: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
     ) -> None:
         self.sides = {
             "student": _Side("student", student_tokenizer, student_prompt, student),
             "teacher": _Side("teacher", teacher_tokenizer, teacher_prompt, teacher),
         }
         self.alignment = alignment
+        self.extras = _method_extras(extras, student_tokenizer, teacher_tokenizer)
 
     @classmethod
     def for_task(
@@ -341,6 +372,7 @@ class DistillCollator:
         student: SideConfig = SideConfig(),
         teacher: SideConfig = SideConfig(),
         alignment: bool = False,
+        extras: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
     ) -> "DistillCollator":
         """A collator with the task's default prompts (:data:`~ctkd.data.prompts.DEFAULT_PROMPTS`)."""
         return cls(
@@ -351,6 +383,7 @@ class DistillCollator:
             student,
             teacher,
             alignment,
+            extras,
         )
 
     def prepare(self, examples: Sequence[Example]) -> PreparedFeatures:
@@ -370,6 +403,11 @@ class DistillCollator:
             features.append(PairFeatures(example.id, student, teacher))
         if self.alignment:
             features = self._with_alignment(features)
+        if self.extras:
+            features = [
+                replace(f, extras={name: extra.for_features(f.student, f.teacher) for name, extra in self.extras.items()})
+                for f in features
+            ]
 
         def count(attribute: str) -> dict[str, int]:
             return {
@@ -451,11 +489,17 @@ class DistillCollator:
             from ctkd.align.offsets import stack_alignments
 
             alignment = stack_alignments([f.alignment for f in features])
+        extras = {}
+        for name, extra in self.extras.items():
+            if any(name not in f.extras for f in features):
+                raise ValueError(f"extras include {name!r} but some features were prepared without it; prepare them with this collator")
+            extras[name] = extra.stack([f.extras[name] for f in features])
         return DistillBatch(
             student=self.sides["student"].pad([f.student for f in features]),
             teacher=self.sides["teacher"].pad([f.teacher for f in features]),
             alignment=alignment,
             example_ids=[f.example_id for f in features],
+            extras=extras,
         )
 
     __call__ = collate

@@ -11,6 +11,7 @@ from typing import Any
 
 from ctkd.losses.base import DistillationLoss, validate_inputs
 from ctkd.losses.ce import CrossEntropy
+from ctkd.losses.mined import MinED
 from ctkd.losses.multilevel_ot import PRESETS as MULTILEVEL_OT_PRESETS
 from ctkd.losses.multilevel_ot import MultiLevelOT
 from ctkd.losses.uld import ULD
@@ -19,6 +20,7 @@ LOSSES: dict[str, type[DistillationLoss]] = {
     "ce": CrossEntropy,
     "uld": ULD,
     "multilevel_ot": MultiLevelOT,
+    "mined": MinED,
 }
 
 
@@ -50,5 +52,5 @@ def build_loss(name: str, **params: Any) -> DistillationLoss:
     return cls(**params)
 
 
-__all__ = ["LOSSES", "CrossEntropy", "DistillationLoss", "MultiLevelOT", "ULD", "build_loss", "loss_parameters",
+__all__ = ["LOSSES", "CrossEntropy", "DistillationLoss", "MinED", "MultiLevelOT", "ULD", "build_loss", "loss_parameters",
            "validate_inputs"]
