@@ -338,7 +338,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(config: DistillConfig) -> None:
     """Checks that need more than types: registered names, ranges, combinations."""
     from ctkd.data import TASKS
-    from ctkd.losses import LOSSES, build_loss
+    from ctkd.losses import LOSSES, build_loss, loss_parameters, tokenizer_built
 
     if config.loss.method not in LOSSES:
         raise ConfigError(f"loss.method {config.loss.method!r} is not a registered loss; choose from {sorted(LOSSES)}")
@@ -360,6 +360,12 @@ def validate(config: DistillConfig) -> None:
         raise ConfigError("loss.ce_weight and loss.kd_weight must be >= 0")
     if config.data.targets is None and config.loss.ce_weight == 0 and config.loss.method == "ce":
         raise ConfigError("loss.method=ce with loss.ce_weight=0 trains nothing")
+    if tokenizer_built(config.loss.method, config.loss.params):  # built once the tokenizers are loaded
+        unknown = sorted(set(config.loss.params) - set(loss_parameters(config.loss.method)))
+        if unknown:
+            raise ConfigError(f"loss.params: unknown parameter(s) {unknown} for loss {config.loss.method!r}; "
+                              f"valid: {loss_parameters(config.loss.method)}")
+        return
     try:
         loss = build_loss(config.loss.method, **config.loss.params)
     except (ValueError, TypeError) as err:

@@ -24,7 +24,7 @@ def collator(pair_tokenizers):
     s_tok, t_tok = pair_tokenizers
     examples = make_examples(16)
     return DistillCollator.for_task("qed", s_tok, t_tok, shot_pool=examples, student=SideConfig(max_length=96),
-                                    teacher=SideConfig(max_length=160), alignment=True)
+                                    teacher=SideConfig(max_length=160), alignment=True, extras=("mined_alignment",))
 
 
 @pytest.fixture(scope="session")

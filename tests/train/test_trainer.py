@@ -19,6 +19,11 @@ def make_trainer(tmp_path, tiny_pair, collator, features, *, method="multilevel_
     student, teacher = tiny_pair
     s_vocab = len(collator.sides["student"].tokenizer)
     t_vocab = len(collator.sides["teacher"].tokenizer)
+    if params is None and method == "mined":
+        from ctkd.align.vocab_map import build_vocab_map
+
+        params = {"vocab_map": build_vocab_map(collator.sides["teacher"].tokenizer, collator.sides["student"].tokenizer,
+                                               progress=False)}
     loss = build_loss(method, **(METHOD_PARAMS.get(method, {}) if params is None else params))
     step = DistillStep(loss, ce_weight=ce_weight, kd_weight=kd_weight, student_vocab_size=s_vocab)
     defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=6, learning_rate=1e-2,

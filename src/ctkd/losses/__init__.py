@@ -39,6 +39,23 @@ def _lookup(name: str) -> type[DistillationLoss]:
         raise ValueError(f"unknown loss {name!r}; registered losses: {sorted(LOSSES)}") from None
 
 
+def tokenizer_built(name: str, params: dict[str, Any]) -> bool:
+    """Whether ``name`` must be built from the tokenizer pair (its ``from_tokenizers``), e.g. MinED's vocabulary
+    map when ``params`` does not give one."""
+    return hasattr(_lookup(name), "from_tokenizers") and "vocab_map" not in params
+
+
+def build_loss_for_pair(name: str, params: dict[str, Any], teacher_tokenizer: Any, student_tokenizer: Any, *,
+                        cache_dir: Any = None) -> DistillationLoss:
+    """:func:`build_loss`, or ``from_tokenizers`` for methods whose parameters come from the tokenizer pair."""
+    if tokenizer_built(name, params):
+        unknown = sorted(set(params) - set(loss_parameters(name)))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for loss {name!r}; valid: {loss_parameters(name)}")
+        return _lookup(name).from_tokenizers(teacher_tokenizer, student_tokenizer, cache_dir=cache_dir, **params)
+    return build_loss(name, **params)
+
+
 def build_loss(name: str, **params: Any) -> DistillationLoss:
     """Build the loss registered as ``name`` with its hyperparameters.
 
@@ -52,5 +69,7 @@ def build_loss(name: str, **params: Any) -> DistillationLoss:
     return cls(**params)
 
 
-__all__ = ["LOSSES", "CrossEntropy", "DistillationLoss", "MinED", "MultiLevelOT", "ULD", "build_loss", "loss_parameters",
+__all__ = [
+    "build_loss_for_pair",
+    "tokenizer_built","LOSSES", "CrossEntropy", "DistillationLoss", "MinED", "MultiLevelOT", "ULD", "build_loss", "loss_parameters",
            "validate_inputs"]

@@ -263,7 +263,7 @@ def training_arguments(config: DistillConfig, out: Path, progress: bool):
         seed=optim.seed,
         bf16=mixed_precision(optim.bf16),
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=optim.gradient_checkpointing,
+        activation_checkpointing=optim.gradient_checkpointing,
         logging_steps=config.output.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if config.output.save_steps > 0 else "epoch",
@@ -300,7 +300,7 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     """Run the whole distillation described by ``config`` and return its summary (see the module docstring)."""
     from accelerate import PartialState
 
-    from ctkd.losses import build_loss
+    from ctkd.losses import build_loss_for_pair
     from ctkd.models import load_model
     from ctkd.teacher import LiveTeacher
     from ctkd.train.report import write_reports
@@ -313,13 +313,9 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     out = prepare_output_dir(config, resume) if state.is_main_process else Path(config.output.dir)
     state.wait_for_everyone()
 
-    loss = build_loss(config.loss.method, **config.loss.params)
-    step = DistillStep(loss, ce_weight=config.loss.ce_weight, kd_weight=kd_weight(config, loss),
-                       student_vocab_size=1)  # vocab size set once the student is loaded
     student = load_model(config.student.name, role="student", dtype=config.student.dtype,
                          cache_dir=config.student.cache_dir, trust_remote_code=config.student.trust_remote_code,
                          revision=config.student.revision)
-    step.student_vocab_size = student.vocab_size
     teacher_signal = None
     teacher_tok = None
     if config.teacher.cache:
@@ -332,10 +328,14 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
                              cache_dir=config.teacher.cache_dir, trust_remote_code=config.teacher.trust_remote_code,
                              revision=config.teacher.revision)
         teacher_tok = teacher.tokenizer
-        if step.needs_teacher:
-            teacher_signal = LiveTeacher(teacher.model, teacher.vocab_size)
     if teacher_tok is None:
         teacher_tok = student.tokenizer  # SFT without any teacher: the teacher side mirrors the student
+    loss = build_loss_for_pair(config.loss.method, config.loss.params, teacher_tok, student.tokenizer,
+                               cache_dir=config.student.cache_dir)
+    step = DistillStep(loss, ce_weight=config.loss.ce_weight, kd_weight=kd_weight(config, loss),
+                       student_vocab_size=student.vocab_size)
+    if teacher_signal is None and step.needs_teacher and not config.teacher.cache:
+        teacher_signal = LiveTeacher(teacher.model, teacher.vocab_size)
     timings["load models"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

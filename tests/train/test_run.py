@@ -1,0 +1,137 @@
+"""A whole run (config -> models -> eval -> Trainer -> outputs) on tiny models saved as folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_gemma3, tiny_llama
+
+from ctkd.cli.main import main
+from ctkd.config import ConfigError, load_config
+from ctkd.train.run import run_distillation
+
+ANSWERS = ["the cat", "Paris", "in 1901", "on the mat", "two dogs", "blue"]
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    s_tok, t_tok = byte_level_tokenizer(), metaspace_tokenizer()
+    for name, tok, model in (("student", s_tok, tiny_llama(len(s_tok))), ("teacher", t_tok, tiny_gemma3(len(t_tok)))):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    data = root / "data"
+    data.mkdir()
+    for split, count in (("train", 8), ("validation", 4)):
+        rows = [{"id": f"{split}{i}", "prompt": f"Context: The cat sat on the mat {i}.\nQuestion: who sat?\nAnswer:",
+                 "response": ANSWERS[i % len(ANSWERS)]} for i in range(count)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def write_config(tmp_path, pair_dirs, **sections):
+    config = {
+        "student": {"name": str(pair_dirs / "student")},
+        "teacher": {"name": str(pair_dirs / "teacher")},
+        "data": {"task": "jsonl", "data_dir": str(pair_dirs / "data"), "student_max_length": 96,
+                 "teacher_max_length": 128},
+        "loss": {"method": "multilevel_ot", "params": {"top_k": 20}},
+        "optim": {"learning_rate": 1e-3, "max_steps": 3, "batch_size": 2},
+        "eval": {"limit": 4, "max_new_tokens": 6, "batch_size": 4},
+        "output": {"dir": str(tmp_path / "run"), "logging_steps": 1, "save_steps": 1, "report_to": []},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_run_writes_a_finished_folder(tmp_path, pair_dirs):
+    config = load_config(write_config(tmp_path, pair_dirs))
+    summary = run_distillation(config, progress=False)
+    out = tmp_path / "run"
+    for name in ("config.yaml", "summary.json", "README.md", "train_log.jsonl", "training_curves.png",
+                 "eval/before/report.json", "eval/after/report.json", "eval/scores.png",
+                 "student/model.safetensors", "student/tokenizer.json"):
+        assert (out / name).exists(), name
+    assert summary.steps == 3 and summary.before is not None and summary.after is not None
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
+    assert load_config(out / "config.yaml").to_dict() == config.to_dict()
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"had", "sl", "sd", "ce", "kd"} <= set(logged[0])
+    from ctkd.models import load_model
+
+    reloaded = load_model(out / "student", role="student")
+    assert reloaded.vocab_size == len(byte_level_tokenizer())
+    # a finished run is never overwritten by accident
+    with pytest.raises(ConfigError, match="finished run"):
+        run_distillation(config, progress=False)
+
+
+def test_an_interrupted_run_is_not_finished_and_resumes(tmp_path, pair_dirs, monkeypatch):
+    config = load_config(write_config(tmp_path, pair_dirs, eval={"before": False, "after": False}))
+    from ctkd.train import trainer as trainer_module
+
+    original = trainer_module.DistillTrainer.compute_loss
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.DistillTrainer, "compute_loss", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(config, progress=False)
+    monkeypatch.setattr(trainer_module.DistillTrainer, "compute_loss", original)
+    out = tmp_path / "run"
+    assert not (out / "summary.json").exists() and not (out / "student").exists()
+    assert (out / "checkpoints" / "checkpoint-2").exists()
+    with pytest.raises(ConfigError, match="unfinished run"):
+        run_distillation(config, progress=False)
+    changed = load_config(write_config(tmp_path, pair_dirs, eval={"before": False, "after": False},
+                                       optim={"learning_rate": 5e-3}))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        run_distillation(changed, resume=True, progress=False)
+    summary = run_distillation(config, resume=True, progress=False)
+    assert summary.steps == 3 and (out / "summary.json").exists()
+
+
+def test_cli_distill_with_overrides_and_config_errors(tmp_path, pair_dirs, capsys):
+    path = write_config(tmp_path, pair_dirs)
+    code = main(["distill", str(path), "optim.max_steps=1", "eval.before=false", "eval.after=false", "--no-progress"])
+    assert code == 0
+    assert "steps" in capsys.readouterr().out
+    assert main(["distill", str(path), "optim.lerning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lerning_rate" in err and "learning_rate" in err
+    assert main(["distill", str(path), "loss.method=kl"]) == 2
+    assert "registered" in capsys.readouterr().err
+    assert main(["distill", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["optim.batch_size=two"], "optim.batch_size must be an integer"),
+    (["eval.before=maybe"], "eval.before must be true or false"),
+    (["student.dtype=fp16"], "student.dtype"),
+    (["loss.params.top_k=0"], "top_k"),
+    (["data.task=squad"], "data.task"),
+    (["nonsense"], "section.key=value"),
+    (["loss.params.pairing=span"], "data.alignment"),
+])
+def test_config_errors_name_the_key_and_the_fix(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_the_shipped_default_config_is_valid():
+    from ctkd.cli.distill import default_config_path
+
+    config = load_config(default_config_path())
+    assert config.teacher.name == "gemma-3-270m" and config.student.name == "smollm2-135m-instruct"
+    assert config.loss.method == "multilevel_ot" and config.data.task == "qed"
