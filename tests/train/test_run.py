@@ -135,3 +135,10 @@ def test_the_shipped_default_config_is_valid():
     config = load_config(default_config_path())
     assert config.teacher.name == "gemma-3-270m" and config.student.name == "smollm2-135m-instruct"
     assert config.loss.method == "multilevel_ot" and config.data.task == "qed"
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[2] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path):
+    assert "ctkd distill" in path.read_text().split("\n", 3)[1] + path.read_text()  # says how to run it
+    load_config(path)
