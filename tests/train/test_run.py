@@ -6,30 +6,11 @@ import json
 
 import pytest
 import yaml
-from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_gemma3, tiny_llama
+from tiny import byte_level_tokenizer
 
 from ctkd.cli.main import main
 from ctkd.config import ConfigError, load_config
 from ctkd.train.run import run_distillation
-
-ANSWERS = ["the cat", "Paris", "in 1901", "on the mat", "two dogs", "blue"]
-
-
-@pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    s_tok, t_tok = byte_level_tokenizer(), metaspace_tokenizer()
-    for name, tok, model in (("student", s_tok, tiny_llama(len(s_tok))), ("teacher", t_tok, tiny_gemma3(len(t_tok)))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    data = root / "data"
-    data.mkdir()
-    for split, count in (("train", 8), ("validation", 4)):
-        rows = [{"id": f"{split}{i}", "prompt": f"Context: The cat sat on the mat {i}.\nQuestion: who sat?\nAnswer:",
-                 "response": ANSWERS[i % len(ANSWERS)]} for i in range(count)]
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
 
 def write_config(tmp_path, pair_dirs, **sections):
     config = {
