@@ -116,6 +116,8 @@ class LossConfig:
 class OptimConfig:
     """Optimisation (passed to ``transformers.TrainingArguments``)."""
 
+    optimizer: str = "adamw_torch"
+    """A ``transformers`` optimizer name (``adamw_torch``, ``sgd``, ``adafactor``, ...)."""
     learning_rate: float = 1e-6
     weight_decay: float = 0.1
     epochs: float = 5.0

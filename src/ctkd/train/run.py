@@ -253,6 +253,7 @@ def training_arguments(config: DistillConfig, out: Path, progress: bool):
         output_dir=str(out / CHECKPOINT_DIR),
         per_device_train_batch_size=optim.batch_size,
         gradient_accumulation_steps=optim.grad_accum,
+        optim=optim.optimizer,
         learning_rate=optim.learning_rate,
         weight_decay=optim.weight_decay,
         num_train_epochs=optim.epochs,
@@ -307,6 +308,9 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     from ctkd.train.step import DistillStep
     from ctkd.train.trainer import DistillTrainer, trainer_collate_fn
 
+    # TrainingArguments first: it sets up the process group under torchrun / `accelerate launch --multi_gpu`
+    # (gloo on CPU), so that PartialState below sees every process.
+    args = training_arguments(config, Path(config.output.dir), progress)
     state = PartialState()
     timings: dict[str, float] = {}
     tick = time.perf_counter()
@@ -358,7 +362,7 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     student.model.train()
     trainer = DistillTrainer(
         model=student.model,
-        args=training_arguments(config, out, progress),
+        args=args,
         train_dataset=prepared.features,
         data_collator=trainer_collate_fn(collator),
         processing_class=student.tokenizer,
