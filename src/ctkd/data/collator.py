@@ -82,6 +82,9 @@ BOS_PROBE_TEXT = "a"
 
 SIDES = ("student", "teacher")
 
+PREPARE_CHUNK = 256
+"""Examples tokenized per call in :meth:`DistillCollator.prepare` (one progress-bar update each)."""
+
 METHOD_EXTRAS = ("mined_alignment",)
 """Names accepted by ``DistillCollator(extras=...)``."""
 
@@ -386,9 +389,20 @@ class DistillCollator:
             extras,
         )
 
-    def prepare(self, examples: Sequence[Example]) -> PreparedFeatures:
-        """Tokenize every example once for both sides, apply the length policy, report what was dropped."""
-        encoded = {name: side.encode(examples) for name, side in self.sides.items()}
+    def prepare(self, examples: Sequence[Example], *, progress: bool = False) -> PreparedFeatures:
+        """Tokenize every example once for both sides, apply the length policy, report what was dropped.
+
+        ``progress`` shows a progress bar (tokenizing a few thousand few-shot teacher prompts takes minutes).
+        """
+        from tqdm.auto import tqdm
+
+        encoded: dict[str, list[SideFeatures | str]] = {name: [] for name in self.sides}
+        with tqdm(total=len(examples), desc="tokenize", unit="ex", disable=not progress) as bar:
+            for start in range(0, len(examples), PREPARE_CHUNK):
+                part = examples[start:start + PREPARE_CHUNK]
+                for name, side in self.sides.items():
+                    encoded[name].extend(side.encode(part))
+                bar.update(len(part))
         features: list[PairFeatures] = []
         dropped: Counter[str] = Counter()
         dropped_ids: list[str] = []

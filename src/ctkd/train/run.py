@@ -346,7 +346,7 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     train_examples, eval_examples = load_examples(config)
     extras = tuple(sorted(n for n in loss.needs if n.startswith("mined_")))
     collator = build_collator(config, student.tokenizer, teacher_tok, train_examples, extras)
-    prepared = collator.prepare(train_examples)
+    prepared = collator.prepare(train_examples, progress=progress)
     timings["tokenize"] = time.perf_counter() - tick
 
     eval_builder = prompt_builder(config, "student", student.tokenizer, train_examples)
