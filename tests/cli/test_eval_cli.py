@@ -140,8 +140,9 @@ def test_a_finished_evaluation_is_reported_again_only_with_the_same_settings(cli
         raise AssertionError("the model must not be loaded to report a finished evaluation")
 
     monkeypatch.setattr(ctkd.models, "load_model", no_loading)
-    code, text, err = _eval(capsys, *_qed_args(cli_dirs, out))
+    code, text, err = _eval(capsys, *_qed_args(cli_dirs, out, "--plot", tmp_path / "alone.png"))
     assert code == 0 and "already holds this evaluation" in err and f"{score:.2f}" in text
+    assert (tmp_path / "alone.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.undo()
 
     code, _, err = _eval(capsys, *_qed_args(cli_dirs, out, "--max-new-tokens", 3))

@@ -105,7 +105,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, command: str, default_
                         help="weight dtype (auto: bfloat16 where native; default %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="root of ctkd's caches (default $CTKD_CACHE or ~/.cache/ctkd)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished output of other settings")
+    parser.add_argument("--overwrite", action="store_true", help="redo a finished output (eval: needed only when its settings differ; generate: replaces OUT)")
     parser.add_argument("--restart", action="store_true",
                         help="discard the partial output of an interrupted run instead of resuming it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -323,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "<role> for a run folder, else evals/<model>/<task>-<split>-<role>)")
     parser.add_argument("--compare", nargs="+", metavar="REPORT_DIR", default=[],
                         help="other evaluation folders (or run folders: their eval/after) to tabulate and plot")
-    parser.add_argument("--plot", help=f"where --compare draws its PNG (default OUT/{COMPARE_PLOT})")
+    parser.add_argument("--plot", help=f"draw the scores (with --compare's) to this PNG (default with --compare: "
+                                       f"OUT/{COMPARE_PLOT})")
 
 
 def default_out(job: Job) -> Path:
@@ -467,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
         label = job.label + ("" if job.role == "student" else f" ({job.role} prompt)")
         rows = list(zip(unique_labels([label] + [report_label(p) for p in compare]), [out] + compare))
         plot = None
-        if compare:
+        if compare or args.plot:
             plot = Path(args.plot).expanduser() if args.plot else out / COMPARE_PLOT
             reports = {name: (report if folder == out else load_report(folder)) for name, folder in rows}
             metrics = sorted({r.metric for r in reports.values()})
