@@ -105,7 +105,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, command: str, default_
                         help="weight dtype (auto: bfloat16 where native; default %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--cache-dir", help="root of ctkd's caches (default $CTKD_CACHE or ~/.cache/ctkd)")
-    parser.add_argument("--overwrite", action="store_true", help="redo a finished output (eval: needed only when its settings differ; generate: replaces OUT)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo a finished output (eval: needed only when its settings differ; generate: "
+                             "replaces OUT)")
     parser.add_argument("--restart", action="store_true",
                         help="discard the partial output of an interrupted run instead of resuming it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
