@@ -138,6 +138,9 @@ def write_examples_jsonl(examples: Iterable[Example], path: str | os.PathLike) -
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for example in examples:
                 out.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions of a normal write
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
