@@ -475,3 +475,20 @@ def test_a_run_checkpoints_the_projectors_and_exports_a_plain_student(tmp_path, 
     assert keys <= reference
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert {"ce_t2s", "kd_student", "kd_teacher", "acc_t2s", "ce", "kd"} <= set(logged[0])
+
+
+def test_config_validation_leaves_the_sizes_to_the_models_but_checks_the_names(tmp_path):
+    import yaml
+
+    from ctkd.config import ConfigError, load_config
+
+    def config_with(params):
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({"student": {"name": "s"}, "teacher": {"name": "t"},
+                                        "data": {"task": "jsonl", "data_dir": str(tmp_path)},
+                                        "loss": {"method": "dskd", "params": params}}))
+        return load_config(path)
+
+    assert config_with({"temperature": 1.0}).loss.params == {"temperature": 1.0}
+    with pytest.raises(ConfigError, match="unknown parameter.*temprature"):
+        config_with({"temprature": 1.0})

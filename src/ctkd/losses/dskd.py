@@ -48,7 +48,9 @@ the paper compares: ``"kl"`` (default) ``sum p log(p / q)``; ``"rkl"`` ``KL(q ||
 ``(KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2``; ``"skl"`` ``KL(p || skew p + (1 - skew) q)``;
 ``"srkl"`` ``KL(q || (1 - skew) p + skew q)`` (DistiLLM's skewed forms, ``skew`` = 0.1).
 
-Defaults: ``temperature=2.0``, ``divergence="kl"``, all three weights 1. The paper mixes
+Defaults: ``temperature=2.0``, ``divergence="kl"``, all three weights 1. The paper reports DSKD with several
+divergences (its best cross-tokenizer numbers are not all with KL); forward KL is the authors' default objective
+(maintainer's answer in songmzhang/DSKD issue #24). The paper's AKL (adaptive KL) is not implemented. The paper mixes
 ``(1 - a) * CE + a * (ce_t2s + kd_student + kd_teacher)`` with ``a = 0.5``; in ctkd the student's CE lives in
 the training step, so the paper's mix is ``loss.ce_weight = loss.kd_weight`` (both 1 by default: the factor 2
 against the paper's 0.5 / 0.5 only rescales the loss, which AdamW's update ignores up to its epsilon).
@@ -90,7 +92,10 @@ full-vocabulary softmaxes are inherent to the method (``2 (Ns Hs Vs + Nt Ht Vt)`
 three times that with the backward and its recomputation). Memory: the rows are processed in chunks of about
 ``chunk_elements`` logits by :class:`_ProjectedRows`, which keeps nothing of size (N, V) between forward and
 backward and recomputes each chunk in the backward, writing the logits' gradient rows in place; the attention
-is (B, Ls, Lt). The working set is a few (chunk, V) float32 tensors.
+is (B, Ls, Lt). The working set is a few (chunk, V) float32 tensors. Measured on the CPU (2 cores, float32,
+SmolLM2-135M / Gemma-3-270M sizes: Hs 576, Vs 49152, Ht 640, Vt 262144, B = 2, 256 answer tokens a side):
+forward 20 s, backward 33 s, peak memory growth 0.67 GB with the default chunks against 3.1 GB with every row
+in one chunk (one (N, Vt) float32 tensor is 0.5 GB).
 
 Components: ``"ce_t2s"``, ``"kd_student"``, ``"kd_teacher"`` (the three terms, unweighted) and ``"acc_t2s"``, the
 share of student answer positions where the projected teacher's argmax is the label (how well the alignment
