@@ -32,6 +32,14 @@ CONFIGS: dict[str, list[dict]] = {
         {"vocab_map": _MINED_MAP, "divergence": "kl", "top_k": 5, "temperature": 2.0},
         {"vocab_map": _MINED_VOCAB_MAP, "renormalize": False, "max_distance": 1},
     ],
+    "dskd": [
+        {"student_hidden_size": 16, "teacher_hidden_size": 24},
+        {"student_hidden_size": 16, "teacher_hidden_size": 24, "divergence": "rkl", "t2s_head_grad": True,
+         "chunk_elements": 100},  # one row per chunk
+        {"student_hidden_size": 16, "teacher_hidden_size": 24, "divergence": "js", "temperature": 1.0},
+        {"student_hidden_size": 16, "teacher_hidden_size": 24, "divergence": "skl", "projector_bias": False},
+        {"student_hidden_size": 16, "teacher_hidden_size": 24, "divergence": "srkl", "teacher_space_weight": 0.0},
+    ],
 }
 CASES = [(name, params) for name, variants in CONFIGS.items() for params in variants]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in p.items() if k != 'vocab_map') or 'default'}" for name, p in CASES]
@@ -57,10 +65,22 @@ def mined_alignment(s_mask, t_mask):
 EXTRA_FACTORIES = {"mined_alignment": mined_alignment}
 
 
+def projection_extras(loss_fn, student, teacher):
+    """DSKD's hidden states and output heads: the hidden states are the first H logits of each position (so they
+    follow padding and batch order like the logits, and carry no gradient), the heads fixed random matrices."""
+    hs, ht = loss_fn.student_hidden_size, loss_fn.teacher_hidden_size
+    gen = torch.Generator().manual_seed(7)
+    return {"student_hidden": student.detach()[..., :hs], "teacher_hidden": teacher.detach()[..., :ht],
+            "student_head": torch.randn(student.shape[-1], hs, generator=gen) / hs ** 0.5,
+            "teacher_head": torch.randn(teacher.shape[-1], ht, generator=gen) / ht ** 0.5}
+
+
 def run(loss_fn, student, teacher, s_mask, t_mask, labels, **extra):
     for key in sorted(loss_fn.needs):
         if key in EXTRA_FACTORIES and key not in extra:
             extra[key] = EXTRA_FACTORIES[key](s_mask, t_mask)
+    if "student_hidden" in loss_fn.needs:
+        extra = {**projection_extras(loss_fn, student, teacher), **extra}
     return loss_fn(student, teacher, s_mask, t_mask, labels=labels, **extra)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ctkd.losses.base import DistillationLoss, validate_inputs
 from ctkd.losses.ce import CrossEntropy
+from ctkd.losses.dskd import DSKD
 from ctkd.losses.mined import MinED
 from ctkd.losses.multilevel_ot import PRESETS as MULTILEVEL_OT_PRESETS
 from ctkd.losses.multilevel_ot import MultiLevelOT
@@ -21,6 +22,7 @@ LOSSES: dict[str, type[DistillationLoss]] = {
     "uld": ULD,
     "multilevel_ot": MultiLevelOT,
     "mined": MinED,
+    "dskd": DSKD,
 }
 
 
@@ -40,15 +42,48 @@ def _lookup(name: str) -> type[DistillationLoss]:
 
 
 def tokenizer_built(name: str, params: dict[str, Any]) -> bool:
-    """Whether ``name`` must be built from the tokenizer pair (its ``from_tokenizers``), e.g. MinED's vocabulary
-    map when ``params`` does not give one."""
+    """Whether ``name`` can only be built once the tokenizers and models are loaded (so config validation checks
+    only its parameter names): MinED's vocabulary map (``from_tokenizers``) when ``params`` does not give one,
+    DSKD's projector sizes (:func:`model_sized`) when ``params`` does not give them."""
+    return _from_tokenizers(name, params) or bool(model_sized(name, params))
+
+
+def _from_tokenizers(name: str, params: dict[str, Any]) -> bool:
     return hasattr(_lookup(name), "from_tokenizers") and "vocab_map" not in params
 
 
+def model_sized(name: str, params: dict[str, Any]) -> list[str]:
+    """Constructor arguments of ``name`` read from the loaded models (a loss's ``model_sized`` mapping, e.g. DSKD's
+    ``student_hidden_size`` / ``teacher_hidden_size``) that ``params`` does not give."""
+    return [key for key in getattr(_lookup(name), "model_sized", {}) if key not in params]
+
+
+def hidden_size(model: Any) -> int:
+    """The hidden size of a causal LM (its text config's ``hidden_size``)."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(config.hidden_size)
+
+
 def build_loss_for_pair(name: str, params: dict[str, Any], teacher_tokenizer: Any, student_tokenizer: Any, *,
-                        cache_dir: Any = None) -> DistillationLoss:
-    """:func:`build_loss`, or ``from_tokenizers`` for methods whose parameters come from the tokenizer pair."""
-    if tokenizer_built(name, params):
+                        cache_dir: Any = None, student_model: Any = None, teacher_model: Any = None
+                        ) -> DistillationLoss:
+    """:func:`build_loss`, or ``from_tokenizers`` for methods whose parameters come from the tokenizer pair; sizes a
+    method reads from the models (:func:`model_sized`) are filled from ``student_model`` / ``teacher_model``."""
+    missing = model_sized(name, params)
+    if missing:
+        models = {"student": student_model, "teacher": teacher_model}
+        params = dict(params)
+        for key in missing:
+            role = _lookup(name).model_sized[key]
+            if models[role] is None:
+                raise ValueError(
+                    f"loss {name!r} needs {key}, the {role} model's hidden size, but no {role} model is loaded"
+                    + (" (a teacher cache has no hidden states: use a live teacher, teacher.name)" if role == "teacher"
+                       else "") + f"; or set loss.params.{key}"
+                )
+            params[key] = hidden_size(models[role])
+    if _from_tokenizers(name, params):
         unknown = sorted(set(params) - set(loss_parameters(name)))
         if unknown:
             raise ValueError(f"unknown parameter(s) {unknown} for loss {name!r}; valid: {loss_parameters(name)}")
@@ -71,5 +106,8 @@ def build_loss(name: str, **params: Any) -> DistillationLoss:
 
 __all__ = [
     "build_loss_for_pair",
+    "hidden_size",
+    "model_sized",
+    "DSKD",
     "tokenizer_built","LOSSES", "CrossEntropy", "DistillationLoss", "MinED", "MultiLevelOT", "ULD", "build_loss", "loss_parameters",
            "validate_inputs"]

@@ -334,8 +334,11 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
         teacher_tok = teacher.tokenizer
     if teacher_tok is None:
         teacher_tok = student.tokenizer  # SFT without any teacher: the teacher side mirrors the student
+    live_teacher = teacher.model if config.teacher.name and not config.teacher.cache else None
+    # sizes a method reads from the models (DSKD's projectors) come from the loaded configs unless params give them
     loss = build_loss_for_pair(config.loss.method, config.loss.params, teacher_tok, student.tokenizer,
-                               cache_dir=config.student.cache_dir)
+                               cache_dir=config.student.cache_dir, student_model=student.model,
+                               teacher_model=live_teacher)
     step = DistillStep(loss, ce_weight=config.loss.ce_weight, kd_weight=kd_weight(config, loss),
                        student_vocab_size=student.vocab_size)
     if teacher_signal is None and step.needs_teacher and not config.teacher.cache:
