@@ -340,7 +340,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(config: DistillConfig) -> None:
     """Checks that need more than types: registered names, ranges, combinations."""
     from ctkd.data import TASKS
-    from ctkd.losses import LOSSES, build_loss, loss_parameters, tokenizer_built
+    from ctkd.losses import LOSSES, check_loss_params
 
     if config.loss.method not in LOSSES:
         raise ConfigError(f"loss.method {config.loss.method!r} is not a registered loss; choose from {sorted(LOSSES)}")
@@ -362,14 +362,8 @@ def validate(config: DistillConfig) -> None:
         raise ConfigError("loss.ce_weight and loss.kd_weight must be >= 0")
     if config.data.targets is None and config.loss.ce_weight == 0 and config.loss.method == "ce":
         raise ConfigError("loss.method=ce with loss.ce_weight=0 trains nothing")
-    if tokenizer_built(config.loss.method, config.loss.params):  # built once the tokenizers are loaded
-        unknown = sorted(set(config.loss.params) - set(loss_parameters(config.loss.method)))
-        if unknown:
-            raise ConfigError(f"loss.params: unknown parameter(s) {unknown} for loss {config.loss.method!r}; "
-                              f"valid: {loss_parameters(config.loss.method)}")
-        return
     try:
-        loss = build_loss(config.loss.method, **config.loss.params)
+        loss = check_loss_params(config.loss.method, config.loss.params)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"loss.params: {err}") from None
     if "alignment" in loss.needs and not config.data.alignment:

@@ -91,6 +91,18 @@ def build_loss_for_pair(name: str, params: dict[str, Any], teacher_tokenizer: An
     return build_loss(name, **params)
 
 
+def check_loss_params(name: str, params: dict[str, Any]) -> DistillationLoss:
+    """Build ``name`` with ``params`` and placeholders for what only the loaded pair can give (vocabulary map, hidden
+    sizes), so that a config's bad values fail at load time rather than after the models are loaded. The result is
+    only for inspection (its ``needs``), never for training."""
+    import torch
+
+    placeholders: dict[str, Any] = {key: 8 for key in model_sized(name, params)}
+    if _from_tokenizers(name, params):
+        placeholders["vocab_map"] = torch.zeros(1, dtype=torch.long)
+    return build_loss(name, **placeholders, **params)
+
+
 def build_loss(name: str, **params: Any) -> DistillationLoss:
     """Build the loss registered as ``name`` with its hyperparameters.
 
@@ -105,6 +117,7 @@ def build_loss(name: str, **params: Any) -> DistillationLoss:
 
 
 __all__ = [
+    "check_loss_params",
     "build_loss_for_pair",
     "hidden_size",
     "model_sized",
