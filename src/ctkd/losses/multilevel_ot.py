@@ -189,20 +189,21 @@ class MultiLevelOT(DistillationLoss):
         return rows.unsqueeze(0), torch.zeros_like(b), torch.arange(b.numel(), device=b.device)
 
     def ranked_topk(self, logits: Tensor, mask: Tensor, *, match_to: RankedTopK | None = None,
-                    top_k: int | None = None) -> RankedTopK:
+                    top_k: int | None | str = "config") -> RankedTopK:
         """Ranked, truncated log-probabilities of one side's answer positions.
 
         Args:
             logits: (B, T, V) logits of one model; differentiable if it requires grad.
             mask: (B, T) bool answer mask.
             match_to: the teacher's signal, needed for ``student_columns="greedy"``.
-            top_k: columns to keep (default ``self.top_k``; None keeps all V).
+            top_k: columns to keep (default: this loss's ``top_k``; None keeps all V).
 
         Returns:
             :class:`ctkd.types.RankedTopK` with L = this side's longest answer.
         """
         index = answer_index(mask)
         vocab = logits.shape[-1]
+        top_k = self.top_k if top_k == "config" else top_k
         k = vocab if top_k is None else top_k
         if k > vocab:
             raise ValueError(f"top_k={k} is larger than a vocabulary of {vocab} columns; use top_k <= {vocab}")
