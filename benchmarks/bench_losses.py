@@ -30,7 +30,12 @@ CASES: dict[str, tuple[str, dict]] = {
     "uld": ("uld", {}),
     "multilevel_ot (paper)": ("multilevel_ot", {}),
     "multilevel_ot (reference)": ("multilevel_ot", {"preset": "reference"}),
+    "mined": ("mined", {}),
+    "dskd": ("dskd", {}),
 }
+
+STUDENT_HIDDEN, TEACHER_HIDDEN = 576, 640
+"""Hidden sizes of SmolLM2-135M and Gemma-3-270m, for the methods that read hidden states (dskd)."""
 
 
 def _maxrss_bytes() -> int:
@@ -68,10 +73,23 @@ def _step_fn(case: str, student, teacher, mask, labels):
                 torch.logsumexp(teacher[mask], dim=-1)
             return loss
         return step
+    extras: dict = {"labels": labels}
+    gen = torch.Generator().manual_seed(1)
+    if name == "mined":  # a random teacher->student vocabulary map; answers aligned one-to-one
+        params = {**params, "vocab_map": torch.randint(0, student.shape[-1], (teacher.shape[-1],), generator=gen)}
+        lengths = mask.sum(1)
+        extras["mined_alignment"] = torch.arange(int(lengths.max())).expand(len(lengths), -1).clone()
+    if name == "dskd":  # hidden states and heads of the two models' sizes; the student's get gradients
+        params = {**params, "student_hidden_size": STUDENT_HIDDEN, "teacher_hidden_size": TEACHER_HIDDEN}
+        b, t = mask.shape
+        extras["student_hidden"] = torch.randn(b, t, STUDENT_HIDDEN, generator=gen).requires_grad_()
+        extras["teacher_hidden"] = torch.randn(b, t, TEACHER_HIDDEN, generator=gen)
+        extras["student_head"] = (torch.randn(student.shape[-1], STUDENT_HIDDEN, generator=gen) * 0.02).requires_grad_()
+        extras["teacher_head"] = torch.randn(teacher.shape[-1], TEACHER_HIDDEN, generator=gen) * 0.02
     loss_fn = build_loss(name, **params)
 
     def step():
-        out = loss_fn(student, teacher, mask, mask, labels=labels)
+        out = loss_fn(student, teacher, mask, mask, **extras)
         out.loss.backward()
         return out.loss
     return step
@@ -109,6 +127,7 @@ def peak_memory(case: str, vt: int, args: argparse.Namespace) -> dict:
         step()
     return {"case": case, "vt": vt, "peak_bytes": max(0, _maxrss_bytes() - base),
             "tensors_bytes": student.numel() * 4 + teacher.numel() * 4}
+
 
 
 def main(argv: list[str] | None = None) -> int:
