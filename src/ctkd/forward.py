@@ -47,6 +47,16 @@ def output_head(model) -> torch.nn.Module:
     return head
 
 
+def head_parameters(model, vocab_size: int) -> tuple[Tensor, Tensor | None, float | None]:
+    """The output head as data: (V, H) weight rows and (V,) bias (or None) of the real vocabulary, and the
+    final-logit soft-capping (or None); :func:`head_logits` is ``cap(hidden @ weight.T + bias)``."""
+    head = output_head(model)
+    weight = head.weight[:vocab_size]
+    bias = getattr(head, "bias", None)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return weight, None if bias is None else bias[:vocab_size], (float(cap) if cap else None)
+
+
 def head_logits(model, hidden: Tensor, vocab_size: int) -> Tensor:
     """Apply the model's output head (and soft-capping) to hidden states, sliced to ``vocab_size`` columns."""
     logits = output_head(model)(hidden)

@@ -12,6 +12,17 @@ ULD), or one pair per byte-aligned group, taking the first token of each group o
 Exact, but frugal: pairs are processed in chunks; the zero padding is never materialised (the longer side's
 tail beyond the shorter vocabulary contributes its mass); the backward keeps only the sign of each sorted
 difference, scattered back to vocabulary order, as one int8 per student entry, and recomputes the softmax.
+
+The teacher side may be given three ways:
+
+- (B, Tt, Vt) logits;
+- a :class:`ctkd.losses._vocab.HeadLogits` (answer hidden states and the output head): exact, each chunk of
+  teacher rows is computed on demand, so a (B, Lt, Vt) tensor never exists;
+- a :class:`ctkd.losses._vocab.TopKLogProbs` (a teacher cache): **approximate**. Only the K largest teacher
+  probabilities are known, plus the mass ``R`` outside them; the sorted teacher vector is taken as those K
+  values followed by ``R`` spread evenly over the other ``Vt - K`` columns (a valid descending vector: every
+  tail value is at most the K-th largest). The error against the exact loss is measured in
+  ``docs/teacher_cache.md`` (``benchmarks/bench_teacher.py --uld-error``).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ctkd.align import answer_index, positional_pairs, span_pairs
-from ctkd.losses._vocab import CHUNK_ELEMENTS, chunk_rows
+from ctkd.losses._vocab import CHUNK_ELEMENTS, HeadLogits, TeacherRequest, TopKLogProbs, chunk_rows
 from ctkd.losses.base import DistillationLoss, check_choice, check_finite, check_positive, zero_loss
 from ctkd.types import LossOutput, SpanAlignment
 
@@ -40,25 +51,45 @@ def _sorted_descending(values: Tensor) -> Tensor:
     return values.sort(dim=-1, descending=True).values
 
 
+def _teacher_sorted(teacher: Tensor | HeadLogits | TopKLogProbs, tb: Tensor, tp: Tensor, tau: float) -> Tensor:
+    """(n, Vt) descending teacher probabilities at rows ``(tb, tp)``: exact from logits, approximate from a top-k
+    signal (the K known values, then the remaining mass spread evenly; module docstring)."""
+    if isinstance(teacher, TopKLogProbs):
+        top = teacher.logp[tb, tp].float().exp()  # (n, K), descending
+        rest = teacher.vocab_size - top.shape[-1]
+        out = torch.empty(top.shape[0], teacher.vocab_size, dtype=torch.float32, device=top.device)
+        out[:, :top.shape[-1]] = top
+        if rest > 0:
+            out[:, top.shape[-1]:] = ((1.0 - top.sum(-1, keepdim=True)).clamp_min(0.0) / rest)
+        return out
+    zt = teacher.rows(tb, tp) if isinstance(teacher, HeadLogits) else teacher[tb, tp].float()
+    return _sorted_descending(torch.softmax(zt / tau, dim=-1))
+
+
+def _teacher_vocab(teacher: Tensor | HeadLogits | TopKLogProbs) -> int:
+    return teacher.vocab_size if isinstance(teacher, TopKLogProbs) else int(teacher.shape[-1])
+
+
 class _SortedL1(torch.autograd.Function):
     """Per-pair ``sum_i |sort(softmax(zt/T))_i - sort(softmax(zs/T))_i|`` with zero padding; grad to zs only."""
 
     @staticmethod
     def forward(ctx, student, teacher, sb, sp, tb, tp, tau, chunk_elements):  # noqa: D401
         n = int(sb.numel())
-        vs, vt = student.shape[-1], teacher.shape[-1]
+        vs, vt = student.shape[-1], _teacher_vocab(teacher)
         common = min(vs, vt)
         out = torch.empty(n, dtype=torch.float32, device=student.device)
         lse = torch.empty(n, dtype=torch.float32, device=student.device)
         sign = torch.empty(n, vs, dtype=torch.int8, device=student.device)
         step = chunk_rows(max(vs, vt), chunk_elements)
+        if isinstance(teacher, HeadLogits):  # its chunks are matrix products: keep them tall (see HeadLogits)
+            step = max(step, teacher.chunk_rows)
         for start in range(0, n, step):
             stop = min(n, start + step)
             zs = student[sb[start:stop], sp[start:stop]].float() / tau
-            zt = teacher[tb[start:stop], tp[start:stop]].float() / tau
             lse_s = torch.logsumexp(zs, dim=-1, keepdim=True)
             ps_sorted, order = (zs - lse_s).exp_().sort(dim=-1, descending=True)
-            pt_sorted = _sorted_descending(torch.softmax(zt, dim=-1))
+            pt_sorted = _teacher_sorted(teacher, tb[start:stop], tp[start:stop], tau)
             diff = ps_sorted[:, :common] - pt_sorted[:, :common]
             total = diff.abs().sum(-1)
             if vt > vs:
@@ -102,6 +133,8 @@ class ULD(DistillationLoss):
     """
 
     name = "uld"
+    accepts_head_logits = True
+    """The teacher side may be a :class:`ctkd.losses._vocab.HeadLogits` (chunked from hidden states)."""
 
     def __init__(self, temperature: float = 1.0, pairing: str = "position") -> None:
         check_positive("temperature", temperature)
@@ -113,11 +146,29 @@ class ULD(DistillationLoss):
     def needs(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset({"alignment"}) if self.pairing == "span" else frozenset()
 
-    def compute(self, student_logits: Tensor, teacher_logits: Tensor, student_mask: Tensor,
-                teacher_mask: Tensor, *, alignment: SpanAlignment | None = None, **_: Any) -> LossOutput:
+    def teacher_request(self) -> TeacherRequest:
+        """What this loss can work from instead of the teacher's logits: each position's top-k log-probabilities at
+        its temperature, any k (an approximation that improves with k; module docstring)."""
+        return TeacherRequest(kind="topk", top_k=0, temperatures=(self.temperature,))
+
+    def compute(self, student_logits: Tensor, teacher_logits: Tensor | HeadLogits | TopKLogProbs,
+                student_mask: Tensor, teacher_mask: Tensor | None, *, alignment: SpanAlignment | None = None,
+                **_: Any) -> LossOutput:
+        if isinstance(teacher_logits, TopKLogProbs):
+            if abs(teacher_logits.temperature - self.temperature) > 1e-9:
+                raise ValueError(f"the teacher's top-k log-probabilities are at temperature {teacher_logits.temperature}"
+                                 f" but uld uses temperature={self.temperature}; cache them at {self.temperature}")
+            teacher_logits = teacher_logits.to(student_logits.device)
+            teacher_mask = teacher_logits.valid
+            t_len = teacher_mask.shape[1]
+        else:
+            t_len = teacher_logits.shape[1]
+        if teacher_mask.shape[0] != student_logits.shape[0]:
+            raise ValueError(f"batch sizes differ: the student has B={student_logits.shape[0]}, the teacher "
+                             f"B={teacher_mask.shape[0]}; both must hold the same examples in the same order")
         s_idx, t_idx = answer_index(student_mask), answer_index(teacher_mask)
         s_pos = s_idx.pack(s_idx.flat - s_idx.seq * student_logits.shape[1])
-        t_pos = t_idx.pack(t_idx.flat - t_idx.seq * teacher_logits.shape[1])
+        t_pos = t_idx.pack(t_idx.flat - t_idx.seq * t_len)
         if self.pairing == "span":
             s_pos, t_pos, valid = span_pairs(s_pos, t_pos, alignment, "first",
                                              student_lengths=s_idx.lengths, teacher_lengths=t_idx.lengths)
@@ -128,7 +179,8 @@ class ULD(DistillationLoss):
         if num == 0:
             zero = zero_loss(student_logits)
             return LossOutput(loss=zero, components={"uld": zero.detach()}, num_tokens=0)
-        per_pair = _SortedL1.apply(student_logits, teacher_logits.detach(), b, s_pos[valid], b, t_pos[valid],
+        teacher = teacher_logits.detach() if isinstance(teacher_logits, Tensor) else teacher_logits
+        per_pair = _SortedL1.apply(student_logits, teacher, b, s_pos[valid], b, t_pos[valid],
                                    self.temperature, CHUNK_ELEMENTS)
         check_finite("logits", per_pair.detach())
         loss = per_pair.sum() / num
