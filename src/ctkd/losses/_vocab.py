@@ -275,33 +275,38 @@ def vocab_stats(
     if group is not None:
         colsum = torch.zeros(max(1, num_groups), vocab, dtype=torch.float32, device=logits.device)
     topk = torch.empty(n, row_topk, dtype=torch.long, device=logits.device) if row_topk > 0 else None
-    for start, stop in reader.spans():
-        z = reader.read(start, stop)
-        if topk is not None:
-            topk[start:stop] = z.topk(row_topk, dim=-1, sorted=True).indices
-        for tau, out in lse.items():  # other temperatures read z before it may be overwritten below
-            if tau not in (1.0, 2.0):
-                out[start:stop] = torch.logsumexp(z / tau, dim=-1)
-        if reader.fresh:  # the chunk is ours: softmax in place, one (rows, V) tensor instead of two
-            top = z.amax(dim=-1, keepdim=True)
-            total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)
-            lse1 = (top + total.log()).squeeze(-1)
-            probs = z.div_(total)
-        else:
-            probs = torch.softmax(z, dim=-1)
-            lse1 = _lse_from_softmax(z, probs)
-        if colsum is not None:
-            g = group[start:stop]
-            if bool((g == g[0]).all()):  # the usual case: the chunk lies inside one example (BLAS gemv)
-                colsum[int(g[0])].addmv_(probs.t(), torch.ones(stop - start, dtype=probs.dtype, device=probs.device))
+    piece = chunk_rows(vocab)  # rows whose statistics are taken together: a cache-sized (rows, V) block
+    for first, last in reader.spans():
+        block = reader.read(first, last)  # a computed chunk (HeadLogits) is taller: walk it in pieces
+        for offset in range(0, last - first, piece):
+            start, stop = first + offset, min(last, first + offset + piece)
+            z = block[offset:offset + stop - start]
+            if topk is not None:
+                topk[start:stop] = z.topk(row_topk, dim=-1, sorted=True).indices
+            for tau, out in lse.items():  # other temperatures read z before it may be overwritten below
+                if tau not in (1.0, 2.0):
+                    out[start:stop] = torch.logsumexp(z / tau, dim=-1)
+            if reader.fresh:  # the chunk is ours: softmax in place, one (rows, V) tensor instead of two
+                top = z.amax(dim=-1, keepdim=True)
+                total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)
+                lse1 = (top + total.log()).squeeze(-1)
+                probs = z.div_(total)
             else:
-                onehot = torch.nn.functional.one_hot(g, colsum.shape[0]).to(probs.dtype)
-                colsum.addmm_(onehot.t(), probs)
-        for tau, out in lse.items():
-            if tau == 1.0:
-                out[start:stop] = lse1
-            elif tau == 2.0:
-                out[start:stop] = lse1 / 2 + probs.sqrt_().sum(dim=-1).log()  # probs no longer needed
+                probs = torch.softmax(z, dim=-1)
+                lse1 = _lse_from_softmax(z, probs)
+            if colsum is not None:
+                g = group[start:stop]
+                if bool((g == g[0]).all()):  # the usual case: the chunk lies inside one example (BLAS gemv)
+                    colsum[int(g[0])].addmv_(probs.t(), torch.ones(stop - start, dtype=probs.dtype,
+                                                                   device=probs.device))
+                else:
+                    onehot = torch.nn.functional.one_hot(g, colsum.shape[0]).to(probs.dtype)
+                    colsum.addmm_(onehot.t(), probs)
+            for tau, out in lse.items():
+                if tau == 1.0:
+                    out[start:stop] = lse1
+                elif tau == 2.0:
+                    out[start:stop] = lse1 / 2 + probs.sqrt_().sum(dim=-1).log()  # probs no longer needed
     return VocabStats(lse=lse, colsum=colsum, row_topk=topk)
 
 
