@@ -187,8 +187,7 @@ class RowReader:
     of consecutive flat indices (answer rows are consecutive within an example) is a zero-copy slice; any other
     chunk is gathered by advanced indexing (much faster than ``index_select`` for long rows on the CPU).
 
-    The logits may also be a :class:`HeadLogits`: each chunk (of its ``chunk_rows``) is then computed, and
-    ``fresh`` is True (chunks are new tensors that the caller may overwrite).
+    The logits may also be a :class:`HeadLogits`: each chunk (of its ``chunk_rows``) is then computed.
     """
 
     def __init__(self, logits: Tensor | HeadLogits, b: Tensor, p: Tensor) -> None:
@@ -196,7 +195,6 @@ class RowReader:
         self.index = b * logits.shape[1] + p
         self.n = int(self.index.numel())
         self.head = logits if isinstance(logits, HeadLogits) else None
-        self.fresh = self.head is not None
         if self.head is not None:
             self.b, self.p = b, p
             self.flat = None
@@ -219,8 +217,7 @@ class RowReader:
         return first if last - first == stop - start - 1 else None
 
     def read(self, start: int, stop: int) -> Tensor:
-        """(stop - start, V) float32 rows; a view of the logits when possible (never modify it in place unless
-        ``fresh``)."""
+        """(stop - start, V) float32 rows; a view of the logits when possible (never modify it in place)."""
         if self.head is not None:
             return self.head.rows(self.b[start:stop], self.p[start:stop])
         first = self.contiguous(start, stop)
@@ -277,23 +274,19 @@ def vocab_stats(
     topk = torch.empty(n, row_topk, dtype=torch.long, device=logits.device) if row_topk > 0 else None
     piece = chunk_rows(vocab)  # rows whose statistics are taken together: a cache-sized (rows, V) block
     for first, last in reader.spans():
-        block = reader.read(first, last)  # a computed chunk (HeadLogits) is taller: walk it in pieces
+        # a computed chunk (HeadLogits) is taller: walk it in the same pieces, with the same arithmetic, so that
+        # chunked and unchunked statistics agree bit for bit when the rows do
+        block = reader.read(first, last)
         for offset in range(0, last - first, piece):
             start, stop = first + offset, min(last, first + offset + piece)
             z = block[offset:offset + stop - start]
             if topk is not None:
                 topk[start:stop] = z.topk(row_topk, dim=-1, sorted=True).indices
-            for tau, out in lse.items():  # other temperatures read z before it may be overwritten below
+            for tau, out in lse.items():
                 if tau not in (1.0, 2.0):
                     out[start:stop] = torch.logsumexp(z / tau, dim=-1)
-            if reader.fresh:  # the chunk is ours: softmax in place, one (rows, V) tensor instead of two
-                top = z.amax(dim=-1, keepdim=True)
-                total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)
-                lse1 = (top + total.log()).squeeze(-1)
-                probs = z.div_(total)
-            else:
-                probs = torch.softmax(z, dim=-1)
-                lse1 = _lse_from_softmax(z, probs)
+            probs = torch.softmax(z, dim=-1)
+            lse1 = _lse_from_softmax(z, probs)
             if colsum is not None:
                 g = group[start:stop]
                 if bool((g == g[0]).all()):  # the usual case: the chunk lies inside one example (BLAS gemv)
