@@ -51,13 +51,17 @@ def test_head_logits_rows_equal_the_head_and_stay_within_a_chunk(monkeypatch):
     bb, pp = mask.nonzero(as_tuple=True)
     vocab_stats(lazy, bb, pp, temperatures=(1.0, 2.0), group=bb, num_groups=3)
     assert seen and max(seen) <= lazy.chunk_rows == 3
+    seen.clear()
+    student = torch.randn(3, 7, 50, requires_grad=True)
+    build_loss("uld")(student, lazy, mask, mask).loss.backward()
+    assert seen and max(seen) <= 3 and sum(seen) == int(mask.sum())  # each teacher row computed once
 
 
 def test_automatic_chunk_rows():
-    assert head_chunk_rows(262_144) == 128
+    assert head_chunk_rows(262_144) == 64 and head_chunk_rows(49_152) == 341
     assert head_chunk_rows(10 ** 9) >= 16
     lazy = HeadLogits(torch.zeros(1, 2, 4), torch.zeros(262_144, 4))
-    assert lazy.chunk_rows == 128
+    assert lazy.chunk_rows == 64
 
 
 @pytest.mark.parametrize("softcap", [None, 4.0])

@@ -57,11 +57,11 @@ class VocabStats:
     row_topk: Tensor | None
 
 
-HEAD_CHUNK_ELEMENTS = 1 << 25
-"""Default logits elements per chunk of :class:`HeadLogits` (32M floats = 128 MB in float32: 128 rows of a
+HEAD_CHUNK_ELEMENTS = 1 << 24
+"""Default logits elements per chunk of :class:`HeadLogits` (16M floats = 64 MB in float32: 64 rows of a
 262,144 vocabulary). Each chunk is one matrix product ``hidden[rows] @ W.T`` that reads the whole (V, H) head,
 so chunks must be tall enough for the product to be compute-bound, not weight-read-bound (on a 2-core CPU,
-8-row chunks were 3-4 times slower than 128-row ones for Gemma-3's head)."""
+8-row chunks were 3-4 times slower than 64-row ones for Gemma-3's head; 64, 128 and 256 rows were alike)."""
 
 MIN_HEAD_CHUNK_ROWS = 16
 """Fewest rows per :class:`HeadLogits` chunk chosen automatically, whatever the vocabulary."""
@@ -87,7 +87,8 @@ class HeadLogits:
         bias: (V,) output-head bias, or None.
         softcap: Gemma-2-style final soft-capping ``c * tanh(z / c)``, or None.
         chunk_rows: rows per chunk (0: :func:`head_chunk_rows`). Peak memory is about one (chunk_rows, V)
-            float32 tensor; time is one (N, H) x (H, V) product however it is chunked.
+            float32 tensor, reused from chunk to chunk; time is one (N, H) x (H, V) product however it is
+            chunked.
         std_eps: when set, rows are divided by ``std(z) + std_eps`` (MultiLevelOT's ``normalize="std"``).
 
     Math: row ``r = (b, p)`` is ``z_r = cap(W h_{b,p} + bias)`` with ``cap(z) = c tanh(z / c)``, exactly what
@@ -109,6 +110,7 @@ class HeadLogits:
         self.softcap = float(softcap) if softcap else None
         self.chunk_rows = int(chunk_rows) or head_chunk_rows(weight.shape[0])
         self.std_eps = std_eps
+        self._buffer: Tensor | None = None  # (chunk_rows, V): written by every chunk (no page faults per chunk)
 
     # --- the tensor-like surface the readers use ----------------------------------------------------------
     @property
@@ -141,8 +143,28 @@ class HeadLogits:
 
     @torch.no_grad()
     def rows(self, b: Tensor, p: Tensor) -> Tensor:
-        """(n, V) float32 logits of the rows ``(b[i], p[i])``, freshly allocated (safe to modify in place)."""
-        z = self._cap(torch.nn.functional.linear(self.hidden[b, p], self.weight, self.bias)).float()
+        """(n, V) float32 logits of the rows ``(b[i], p[i])``.
+
+        Up to ``chunk_rows`` rows are written into one buffer that the next call overwrites: use the result
+        before asking for more rows (more rows at once get a new tensor).
+        """
+        h = self.hidden[b, p]
+        n = h.shape[0]
+        if n > self.chunk_rows:
+            z = torch.nn.functional.linear(h, self.weight, self.bias)
+        else:
+            if self._buffer is None:
+                self._buffer = torch.empty(self.chunk_rows, self.weight.shape[0], dtype=self.weight.dtype,
+                                           device=self.device)
+            z = self._buffer[:n]
+            # the product torch.nn.functional.linear computes (addmm / mm), into the buffer
+            if self.bias is not None:
+                torch.addmm(self.bias, h, self.weight.t(), out=z)
+            else:
+                torch.mm(h, self.weight.t(), out=z)
+        if self.softcap:
+            z.div_(self.softcap).tanh_().mul_(self.softcap)
+        z = z.float()
         if self.std_eps is not None:
             z = z / (z.std(dim=-1, keepdim=True) + self.std_eps)
         return z
@@ -276,6 +298,7 @@ def vocab_stats(
     for first, last in reader.spans():
         # a computed chunk (HeadLogits) is taller: walk it in the same pieces, with the same arithmetic, so that
         # chunked and unchunked statistics agree bit for bit when the rows do
+        block = None  # release the previous chunk before computing the next
         block = reader.read(first, last)
         for offset in range(0, last - first, piece):
             start, stop = first + offset, min(last, first + offset + piece)

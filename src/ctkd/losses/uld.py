@@ -51,19 +51,41 @@ def _sorted_descending(values: Tensor) -> Tensor:
     return values.sort(dim=-1, descending=True).values
 
 
-def _teacher_sorted(teacher: Tensor | HeadLogits | TopKLogProbs, tb: Tensor, tp: Tensor, tau: float) -> Tensor:
-    """(n, Vt) descending teacher probabilities at rows ``(tb, tp)``: exact from logits, approximate from a top-k
-    signal (the K known values, then the remaining mass spread evenly; module docstring)."""
-    if isinstance(teacher, TopKLogProbs):
-        top = teacher.logp[tb, tp].float().exp()  # (n, K), descending
-        rest = teacher.vocab_size - top.shape[-1]
-        out = torch.empty(top.shape[0], teacher.vocab_size, dtype=torch.float32, device=top.device)
-        out[:, :top.shape[-1]] = top
-        if rest > 0:
-            out[:, top.shape[-1]:] = ((1.0 - top.sum(-1, keepdim=True)).clamp_min(0.0) / rest)
-        return out
-    zt = teacher.rows(tb, tp) if isinstance(teacher, HeadLogits) else teacher[tb, tp].float()
-    return _sorted_descending(torch.softmax(zt / tau, dim=-1))
+class _TeacherRows:
+    """Descending teacher probabilities of consecutive chunks of pairs ``(tb, tp)``.
+
+    From logits: exact. From :class:`HeadLogits`: exact; a block of ``chunk_rows`` pairs is computed at once (a
+    tall matrix product) and then read chunk by chunk. From :class:`TopKLogProbs`: approximate, the K known
+    values, then the remaining mass spread evenly (module docstring).
+    """
+
+    def __init__(self, teacher: Tensor | HeadLogits | TopKLogProbs, tb: Tensor, tp: Tensor, tau: float) -> None:
+        self.teacher, self.tb, self.tp, self.tau = teacher, tb, tp, tau
+        self.block: Tensor | None = None
+        self.block_start = self.block_stop = 0
+
+    def sorted(self, start: int, stop: int) -> Tensor:
+        """(stop - start, Vt) float32, descending."""
+        teacher, tb, tp = self.teacher, self.tb[start:stop], self.tp[start:stop]
+        if isinstance(teacher, TopKLogProbs):
+            top = teacher.logp[tb, tp].float().exp()  # (n, K), descending
+            rest = teacher.vocab_size - top.shape[-1]
+            out = torch.empty(top.shape[0], teacher.vocab_size, dtype=torch.float32, device=top.device)
+            out[:, :top.shape[-1]] = top
+            if rest > 0:
+                out[:, top.shape[-1]:] = ((1.0 - top.sum(-1, keepdim=True)).clamp_min(0.0) / rest)
+            return out
+        if isinstance(teacher, HeadLogits):
+            if not (self.block_start <= start and stop <= self.block_stop):
+                self.block = None  # release the previous block first
+                self.block_start = start
+                self.block_stop = min(int(self.tb.numel()), start + max(teacher.chunk_rows, stop - start))
+                self.block = teacher.rows(self.tb[self.block_start:self.block_stop],
+                                          self.tp[self.block_start:self.block_stop])
+            zt = self.block[start - self.block_start:stop - self.block_start]
+        else:
+            zt = teacher[tb, tp].float()
+        return _sorted_descending(torch.softmax(zt / self.tau, dim=-1))
 
 
 def _teacher_vocab(teacher: Tensor | HeadLogits | TopKLogProbs) -> int:
@@ -82,14 +104,15 @@ class _SortedL1(torch.autograd.Function):
         lse = torch.empty(n, dtype=torch.float32, device=student.device)
         sign = torch.empty(n, vs, dtype=torch.int8, device=student.device)
         step = chunk_rows(max(vs, vt), chunk_elements)
-        if isinstance(teacher, HeadLogits):  # its chunks are matrix products: keep them tall (see HeadLogits)
-            step = max(step, teacher.chunk_rows)
+        if isinstance(teacher, HeadLogits):  # never more teacher rows at once than one of its chunks
+            step = min(step, teacher.chunk_rows)
+        teacher_rows = _TeacherRows(teacher, tb, tp, tau)
         for start in range(0, n, step):
             stop = min(n, start + step)
             zs = student[sb[start:stop], sp[start:stop]].float() / tau
             lse_s = torch.logsumexp(zs, dim=-1, keepdim=True)
             ps_sorted, order = (zs - lse_s).exp_().sort(dim=-1, descending=True)
-            pt_sorted = _teacher_sorted(teacher, tb[start:stop], tp[start:stop], tau)
+            pt_sorted = teacher_rows.sorted(start, stop)
             diff = ps_sorted[:, :common] - pt_sorted[:, :common]
             total = diff.abs().sum(-1)
             if vt > vs:
