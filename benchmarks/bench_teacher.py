@@ -207,6 +207,8 @@ def _throughput_config(args, out_dir: Path, cache: Path | None):
                  "optim.epochs=1", f"optim.batch_size={args.train_batch}", "eval.before=false", "eval.after=false",
                  f"output.dir={out_dir}", "output.save_steps=100000", "output.report_to=[]",
                  "output.overwrite=true", f"teacher.chunk_size={args.chunk_size}"]
+    if args.teacher_shots is not None:
+        overrides.append(f"data.teacher_prompt.num_shots={args.teacher_shots}")
     if cache is not None:
         overrides.append(f"teacher.cache={cache}")
     return load_config(default_config_path(), overrides)
@@ -266,8 +268,10 @@ def bench_throughput(args, child) -> dict:
                                     f"ctkd distill ({kind} teacher), round {rnd + 1} of {args.rounds} ..."))
     ratios = [c["tokens_per_s"] / live["tokens_per_s"] for live, c in zip(runs["live"], runs["cache"])]
     result = {"cache": cache, "runs": runs, "speedups": ratios, "speedup": statistics.median(ratios)}
+    shots = args.teacher_shots if args.teacher_shots is not None else "1 (default config)"
     print(f"\nTraining throughput, ctkd distill {TEACHER} -> {STUDENT}, MultiLevelOT paper, one epoch over "
-          f"{args.train_limit} QED examples, batch {args.train_batch}, float32, {args.threads} threads")
+          f"{args.train_limit} QED examples, teacher shots {shots}, batch {args.train_batch}, float32, "
+          f"{args.threads} threads")
     print("| round | live tok/s | cache tok/s | speedup |")
     print("|---|---|---|---|")
     for i, (live, c) in enumerate(zip(runs["live"], runs["cache"])):
@@ -340,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-limit", type=int, default=48)
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--teacher-shots", type=int, default=None,
+                        help="teacher prompt shots (default: the default config's, 1; QED's task default is 3)")
     parser.add_argument("--uld-topk", type=int, default=256, help="K of the ULD cache whose size is reported")
     parser.add_argument("--uld-ks", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--uld-examples", type=int, default=16)
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    forwarded = ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--chunk-size", str(args.chunk_size),
+    forwarded = (["--teacher-shots", str(args.teacher_shots)] if args.teacher_shots is not None else []) + ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--chunk-size", str(args.chunk_size),
                  "--repeats", str(args.repeats), "--threads", str(args.threads), "--train-limit",
                  str(args.train_limit), "--train-batch", str(args.train_batch), "--uld-topk", str(args.uld_topk),
                  "--uld-examples", str(args.uld_examples), "--work", args.work, "--uld-ks",

@@ -239,7 +239,9 @@ def test_an_interrupted_cache_is_incomplete_then_resumes(tmp_path, pair_dirs, mo
 
 
 def test_losses_that_need_full_logits_cannot_be_cached(tmp_path, pair_dirs, models):
-    for method, params, match in (("ce", {}, "full logits"), ("multilevel_ot", {"preset": "reference"}, "batch")):
+    for method, params, match in (("ce", {}, "'ce' reads the teacher's full logits"),
+                                  ("mined", {}, "'mined' reads the teacher's full logits"),
+                                  ("multilevel_ot", {"preset": "reference"}, "ranking='batch'")):
         config = load_config(make_config(tmp_path, pair_dirs, loss={"method": method, "params": params}))
         with pytest.raises(CacheError, match=match):
             write_teacher_cache(config, tmp_path / "c", progress=False, teacher=models[1])

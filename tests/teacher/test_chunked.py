@@ -58,10 +58,10 @@ def test_head_logits_rows_equal_the_head_and_stay_within_a_chunk(monkeypatch):
 
 
 def test_automatic_chunk_rows():
-    assert head_chunk_rows(262_144) == 64 and head_chunk_rows(49_152) == 341
+    assert head_chunk_rows(262_144) == 256 and head_chunk_rows(49_152) == 1365
     assert head_chunk_rows(10 ** 9) >= 16
     lazy = HeadLogits(torch.zeros(1, 2, 4), torch.zeros(262_144, 4))
-    assert lazy.chunk_rows == 64
+    assert lazy.chunk_rows == 256
 
 
 @pytest.mark.parametrize("softcap", [None, 4.0])

@@ -252,8 +252,11 @@ def _per_example(request: TeacherRequest) -> bool:
     return request.kind == "ranked_topk" and request.ranking == "sequence"
 
 
-def cache_requests(loss: Any, *, topk: int = 0, topk_temperature: float = 1.0) -> list[TeacherRequest]:
+def cache_requests(loss: Any, *, topk: int = 0, topk_temperature: float = 1.0,
+                   method: str | None = None) -> list[TeacherRequest]:
     """The signals a cache stores for ``loss`` (its ``teacher_request()``), plus a per-position top-``topk``.
+
+    ``loss`` is None for a method without ``teacher_request`` (``method`` names it in the error).
 
     Raises:
         CacheError: the loss reads the teacher's full logits (no ``teacher_request``) and no ``topk`` was asked
@@ -270,7 +273,7 @@ def cache_requests(loss: Any, *, topk: int = 0, topk_temperature: float = 1.0) -
             request = dataclasses.replace(request, top_k=topk or DEFAULT_ULD_TOP_K)
         requests.append(request)
     elif not topk:
-        name = getattr(loss, "name", None) or "ce"
+        name = getattr(loss, "name", None) or method
         raise CacheError(f"loss {name!r} reads the teacher's full logits (or no teacher at all), which a cache does "
                          "not hold; methods that train from a cache: multilevel_ot (ranking sequence or token), uld")
     if topk:
@@ -384,7 +387,7 @@ def write_teacher_cache(config: DistillConfig, out: str | Path, *, topk: int = 0
         raise CacheError("teacher.name is empty: ctkd cache-teacher runs the teacher model; set teacher.name")
     cls = LOSSES[config.loss.method]
     loss = build_loss(config.loss.method, **config.loss.params) if hasattr(cls, "teacher_request") else None
-    requests = cache_requests(loss, topk=topk, topk_temperature=topk_temperature)
+    requests = cache_requests(loss, topk=topk, topk_temperature=topk_temperature, method=config.loss.method)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if teacher is None:
@@ -420,13 +423,13 @@ def write_teacher_cache(config: DistillConfig, out: str | Path, *, topk: int = 0
     }
     try:
         complete = _prepare_folder(out, manifest, overwrite)
+        if not (out / MANIFEST_FILE).exists():  # first: a folder with a manifest is a (possibly partial) cache
+            _write_json(out / MANIFEST_FILE, {**manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if not tok_dir.exists():
             staging.rename(tok_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    if not (out / MANIFEST_FILE).exists():
-        _write_json(out / MANIFEST_FILE, {**manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     bounds = _shard_bounds(len(plan), shard_size)
     if complete:
         logger.info("%s already holds this complete teacher cache; nothing to do", out)

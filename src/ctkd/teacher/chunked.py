@@ -8,7 +8,7 @@ computed when a statistic reads them: :class:`ctkd.losses._vocab.HeadLogits`. Pe
 (chunk, V) float32 tensor; the work is the same (N, H) x (H, V) product as the full logits, in tall slices.
 
 Chunk size: :attr:`ctkd.config.TeacherConfig.chunk_size` positions (0: automatic,
-:func:`ctkd.losses._vocab.head_chunk_rows`: 32M elements per chunk, 128 positions for a 262,144 vocabulary).
+:func:`ctkd.losses._vocab.head_chunk_rows`: 64M elements per chunk, 256 positions for a 262,144 vocabulary).
 Results equal the unchunked path to float32 rounding (``tests/teacher/test_chunked.py`` checks 1e-5).
 """
 
