@@ -47,6 +47,16 @@ def output_head(model) -> torch.nn.Module:
     return head
 
 
+def head_parameters(model, vocab_size: int) -> tuple[Tensor, Tensor | None, float | None]:
+    """The output head as data: (V, H) weight rows and (V,) bias (or None) of the real vocabulary, and the
+    final-logit soft-capping (or None); :func:`head_logits` is ``cap(hidden @ weight.T + bias)``."""
+    head = output_head(model)
+    weight = head.weight[:vocab_size]
+    bias = getattr(head, "bias", None)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return weight, None if bias is None else bias[:vocab_size], (float(cap) if cap else None)
+
+
 def head_logits(model, hidden: Tensor, vocab_size: int) -> Tensor:
     """Apply the model's output head (and soft-capping) to hidden states, sliced to ``vocab_size`` columns."""
     logits = output_head(model)(hidden)
@@ -57,7 +67,14 @@ def head_logits(model, hidden: Tensor, vocab_size: int) -> Tensor:
 
 
 def final_hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, T, H) final hidden states, through the model's own forward (so DDP/FSDP wrappers see the call)."""
+    """(B, T, H) final hidden states, through the model's own forward (so DDP/FSDP wrappers see the call).
+
+    Without gradients (the teacher), an unwrapped model's decoder runs alone: it returns the same last hidden
+    state without keeping every layer's (``output_hidden_states``: 19 x (B, T, H) for Gemma-3-270m).
+    """
+    decoder = getattr(model, "get_decoder", None)
+    if not torch.is_grad_enabled() and decoder is not None and decoder() is not None and decoder() is not model:
+        return decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
                 logits_to_keep=1)
     return out.hidden_states[-1]

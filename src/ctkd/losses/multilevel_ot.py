@@ -32,6 +32,12 @@ Cost: the teacher and student logits are read at answer rows only, in chunks
 temperatures and the column sums; the top-k columns are gathered; the student's gradient is written by one
 fused pass. Nothing of size (N, V) is kept, except with ``normalize="std"`` (the normalised rows need
 autograd) and ``top_k=None`` (the ablation that keeps every column).
+
+Teacher side without logits: ``teacher_logits`` may also be a :class:`ctkd.losses._vocab.HeadLogits` (answer
+hidden states and the output head; each chunk of rows is computed on demand, so a (B, L, Vt) tensor never
+exists) or the :class:`ctkd.types.RankedTopK` that :meth:`MultiLevelOT.teacher_signal` returns (from a teacher
+cache). :meth:`MultiLevelOT.teacher_request` says which signal that is; batch-level ranking depends on the
+whole batch and cannot be cached per example.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from torch import Tensor
 
 from ctkd.align import answer_index, positional_pairs, span_pairs
 from ctkd.align.positional import AnswerIndex
-from ctkd.losses._vocab import log_softmax_at, vocab_stats
+from ctkd.losses._vocab import HeadLogits, TeacherRequest, log_softmax_at, vocab_stats
 from ctkd.losses.base import DistillationLoss, check_choice, check_finite, check_positive, zero_loss
 from ctkd.ot import GRAD_MODES, l1_cost, sinkhorn, sinkhorn_plain
 from ctkd.types import LossOutput, RankedTopK, SpanAlignment
@@ -128,6 +134,8 @@ class MultiLevelOT(DistillationLoss):
     """
 
     name = "multilevel_ot"
+    accepts_head_logits = True
+    """The teacher side may be a :class:`ctkd.losses._vocab.HeadLogits` (chunked from hidden states)."""
 
     def __init__(self, preset: str = "paper", **overrides: Any) -> None:
         check_choice("preset", preset, tuple(PRESETS))
@@ -178,22 +186,25 @@ class MultiLevelOT(DistillationLoss):
             taus.append(float(self.tau_sd))
         return tuple(taus)
 
-    def _rows_source(self, logits: Tensor, index: AnswerIndex) -> tuple[Tensor, Tensor, Tensor]:
+    def _rows_source(self, logits: Tensor | HeadLogits, index: AnswerIndex) -> tuple[Tensor, Tensor, Tensor]:
         """(logits3d, b, p) from which answer rows are read; normalised rows for ``normalize="std"``."""
         seq_len = logits.shape[1]
         b, p = index.seq, index.flat - index.seq * seq_len
         if self.normalize == "none":
             return logits, b, p
+        if isinstance(logits, HeadLogits):  # normalised chunk by chunk, never all rows at once
+            return logits.normalized(STD_EPS), b, p
         rows = logits[b, p].float()
         rows = rows / (rows.std(dim=-1, keepdim=True) + STD_EPS)
         return rows.unsqueeze(0), torch.zeros_like(b), torch.arange(b.numel(), device=b.device)
 
-    def ranked_topk(self, logits: Tensor, mask: Tensor, *, match_to: RankedTopK | None = None,
+    def ranked_topk(self, logits: Tensor | HeadLogits, mask: Tensor, *, match_to: RankedTopK | None = None,
                     top_k: int | None | str = "config") -> RankedTopK:
         """Ranked, truncated log-probabilities of one side's answer positions.
 
         Args:
-            logits: (B, T, V) logits of one model; differentiable if it requires grad.
+            logits: (B, T, V) logits of one model; differentiable if it requires grad. Or a
+                :class:`ctkd.losses._vocab.HeadLogits` (teacher side: no gradient, computed in chunks).
             mask: (B, T) bool answer mask.
             match_to: the teacher's signal, needed for ``student_columns="greedy"``.
             top_k: columns to keep (default: this loss's ``top_k``; None keeps all V).
@@ -232,6 +243,30 @@ class MultiLevelOT(DistillationLoss):
         logp_sd = index.pack(logps[1], fill=PAD_LOGP) if len(logps) > 1 else logp_token
         return RankedTopK(ids=index.pack(ids, fill=0), logp_token=logp_token, logp_sd=logp_sd, valid=index.valid)
 
+    def teacher_request(self) -> TeacherRequest:
+        """What this loss reads from the teacher: its :class:`ctkd.types.RankedTopK` (a teacher cache stores it).
+
+        Raises:
+            ValueError: for settings whose teacher signal depends on more than one example (``ranking="batch"``)
+                or keeps every column (``top_k=None``), which a per-example cache cannot hold.
+        """
+        if self.ranking == "batch":
+            raise ValueError("multilevel_ot with ranking='batch' (the reference preset) ranks columns over the whole "
+                             "batch, so its teacher signal cannot be cached per example; use ranking='sequence' (the "
+                             "paper) or 'token' with a teacher cache, or a live teacher")
+        if self.top_k is None:
+            raise ValueError("multilevel_ot with top_k=None keeps every column: a teacher cache would hold the full "
+                             "distributions; set top_k (the paper uses 50) or use a live teacher")
+        return TeacherRequest(kind="ranked_topk", top_k=int(self.top_k), temperatures=self._temperatures(),
+                              ranking=self.ranking, normalize=self.normalize)
+
+    @torch.no_grad()
+    def teacher_signal(self, teacher_logits: Tensor | HeadLogits, teacher_mask: Tensor) -> RankedTopK:
+        """The teacher side of the loss, (B, L, K) ranked log-probabilities: what :meth:`compute` derives from
+        ``teacher_logits`` and what it accepts instead of them. Exact at cache time: the ranking and the
+        log-partition functions see every column."""
+        return self.ranked_topk(teacher_logits.detach(), teacher_mask, top_k=self.top_k)
+
     @torch.no_grad()
     def _greedy_columns(self, source: Tensor, b: Tensor, p: Tensor, index: AnswerIndex, stats, group: Tensor,
                         teacher: RankedTopK, k: int) -> Tensor:
@@ -269,7 +304,7 @@ class MultiLevelOT(DistillationLoss):
         k = self.top_k
         if k is not None:
             for name, logits in (("student", student_logits), ("teacher", teacher_logits)):
-                if isinstance(logits, Tensor) and k > logits.shape[-1]:
+                if isinstance(logits, (Tensor, HeadLogits)) and k > logits.shape[-1]:
                     raise ValueError(f"top_k={k} is larger than the {name} vocabulary ({logits.shape[-1]} columns); "
                                      f"use top_k <= {logits.shape[-1]}")
         if isinstance(teacher_logits, RankedTopK):
@@ -278,8 +313,10 @@ class MultiLevelOT(DistillationLoss):
                 raise ValueError(f"the teacher signal holds {teacher.valid.shape[0]} examples, the student batch "
                                  f"{student_logits.shape[0]}; both must hold the same examples in the same order")
         else:
-            with torch.no_grad():
-                teacher = self.ranked_topk(teacher_logits.detach(), teacher_mask, top_k=k)
+            if isinstance(teacher_logits, HeadLogits) and teacher_logits.shape[0] != student_logits.shape[0]:
+                raise ValueError(f"batch sizes differ: student_logits has B={student_logits.shape[0]}, the teacher's "
+                                 f"head logits B={teacher_logits.shape[0]}; both must hold the same examples in order")
+            teacher = self.teacher_signal(teacher_logits, teacher_mask)
         if not bool(student_mask.any()) or not bool(teacher.valid.any()):
             zero = zero_loss(student_logits)
             return LossOutput(loss=zero, components={c: zero.detach() for c in ("had", "sl", "sd")}, num_tokens=0)

@@ -18,8 +18,10 @@ class TeacherOutputs:
         logits: (B, Lt, Vt) answer logits, or None when ``signal`` replaces them.
         mask: (B, Lt) bool answer mask of the packed layout.
         hidden: (B, Lt, H) final hidden states, for methods that project them (else None).
-        signal: a precomputed per-method signal (for example :class:`ctkd.types.RankedTopK` from a cache) that
-            the loss accepts in place of logits, or None.
+        signal: what the loss reads in place of logits, or None: a
+            :class:`ctkd.losses._vocab.HeadLogits` (live teacher: logits computed in chunks from the hidden
+            states), or a precomputed signal from a cache (:class:`ctkd.types.RankedTopK`,
+            :class:`ctkd.losses._vocab.TopKLogProbs`).
     """
 
     logits: Tensor | None
@@ -34,10 +36,19 @@ class TeacherOutputs:
 
 
 class TeacherSignal:
-    """Base class of teacher signals."""
+    """Base class of teacher signals.
+
+    The training step calls :meth:`outputs_for` with its loss; a signal gives the loss the cheapest teacher input
+    that loss accepts (a live teacher: chunked head logits where the loss says ``accepts_head_logits``, else full
+    logits; a cache: the stored signal its ``teacher_request()`` describes).
+    """
 
     def outputs(self, batch: DistillBatch, *, hidden: bool = False) -> TeacherOutputs:  # pragma: no cover
         raise NotImplementedError
+
+    def outputs_for(self, loss: Any, batch: DistillBatch, *, hidden: bool = False) -> TeacherOutputs:
+        """The teacher's side of ``batch`` in the form ``loss`` reads (default: :meth:`outputs`)."""
+        return self.outputs(batch, hidden=hidden)
 
     def to(self, device) -> "TeacherSignal":
         return self

@@ -167,12 +167,16 @@ def data_dir(config: DistillConfig) -> str | Path:
 
 def load_examples(config: DistillConfig) -> tuple[list[Example], list[Example]]:
     """Training and evaluation examples; generated targets replace (or join) the ground truth."""
-    folder = data_dir(config)
-    train = load_task(config.data.task, config.data.train_split, folder, limit=config.data.train_limit)
-    evaluation = load_task(config.data.task, config.data.eval_split, folder, limit=config.eval.limit)
+    train = load_train_examples(config)
+    return train, load_task(config.data.task, config.data.eval_split, data_dir(config), limit=config.eval.limit)
+
+
+def load_train_examples(config: DistillConfig) -> list[Example]:
+    """The training examples (also the few-shot pool); generated targets replace (or join) the ground truth."""
+    train = load_task(config.data.task, config.data.train_split, data_dir(config), limit=config.data.train_limit)
     if config.data.targets:
         train = with_generated_targets(train, config.data.targets, keep_ground_truth=config.data.keep_ground_truth)
-    return train, evaluation
+    return train
 
 
 def with_generated_targets(examples: list[Example], path: str, *, keep_ground_truth: bool) -> list[Example]:
@@ -342,7 +346,7 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     step = DistillStep(loss, ce_weight=config.loss.ce_weight, kd_weight=kd_weight(config, loss),
                        student_vocab_size=student.vocab_size)
     if teacher_signal is None and step.needs_teacher and not config.teacher.cache:
-        teacher_signal = LiveTeacher(teacher.model, teacher.vocab_size)
+        teacher_signal = LiveTeacher(teacher.model, teacher.vocab_size, chunk_size=config.teacher.chunk_size)
     timings["load models"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -350,6 +354,8 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     extras = tuple(sorted(n for n in loss.needs if n.startswith("mined_")))
     collator = build_collator(config, student.tokenizer, teacher_tok, train_examples, extras)
     prepared = collator.prepare(train_examples, progress=progress)
+    if config.teacher.cache and step.needs_teacher:  # fail now, not at the first batch the cache cannot serve
+        teacher_signal.check(loss=loss, features=prepared.features)
     timings["tokenize"] = time.perf_counter() - tick
 
     eval_builder = prompt_builder(config, "student", student.tokenizer, train_examples)

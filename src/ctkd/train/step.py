@@ -94,7 +94,8 @@ class DistillStep:
             if self.kd_loss.uses_teacher:
                 if teacher is None:
                     raise ValueError(f"loss {self.kd_loss.name!r} needs a teacher, but none was given")
-                t_out = teacher.outputs(batch, hidden=want_hidden)
+                # the teacher gives this loss the cheapest input it accepts (chunked head logits, a cached signal)
+                t_out = teacher.outputs_for(self.kd_loss, batch, hidden=want_hidden)
             extras = self._extras(batch)
             extras["labels"] = student.labels
             if want_hidden:
