@@ -202,7 +202,7 @@ def _throughput_config(args, out_dir: Path, cache: Path | None):
     from ctkd.cli.distill import default_config_path
     from ctkd.config import load_config
 
-    overrides = [f"teacher.name={TEACHER}", f"student.name={STUDENT}", "teacher.dtype=float32",
+    overrides = [f"teacher.name={args.teacher}", f"student.name={STUDENT}", "teacher.dtype=float32",
                  "student.dtype=float32", "optim.bf16=false", f"data.train_limit={args.train_limit}",
                  "optim.epochs=1", f"optim.batch_size={args.train_batch}", "eval.before=false", "eval.after=false",
                  f"output.dir={out_dir}", "output.save_steps=100000", "output.report_to=[]",
@@ -269,7 +269,7 @@ def bench_throughput(args, child) -> dict:
     ratios = [c["tokens_per_s"] / live["tokens_per_s"] for live, c in zip(runs["live"], runs["cache"])]
     result = {"cache": cache, "runs": runs, "speedups": ratios, "speedup": statistics.median(ratios)}
     shots = args.teacher_shots if args.teacher_shots is not None else "1 (default config)"
-    print(f"\nTraining throughput, ctkd distill {TEACHER} -> {STUDENT}, MultiLevelOT paper, one epoch over "
+    print(f"\nTraining throughput, ctkd distill {args.teacher} -> {STUDENT}, MultiLevelOT paper, one epoch over "
           f"{args.train_limit} QED examples, teacher shots {shots}, batch {args.train_batch}, float32, "
           f"{args.threads} threads")
     print("| round | live tok/s | cache tok/s | speedup |")
@@ -335,6 +335,8 @@ def uld_error(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=["teacher-side", "throughput", "uld-error", "all"])
+    parser.add_argument("--teacher", default=TEACHER,
+                        help="teacher of the throughput runs (e.g. qwen2.5-coder-0.5b-instruct, larger than the student)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--answer-lens", type=int, nargs="+", default=[128, 256, 511])
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    forwarded = (["--teacher-shots", str(args.teacher_shots)] if args.teacher_shots is not None else []) + ["--batch", str(args.batch), "--seq-len", str(args.seq_len), "--chunk-size", str(args.chunk_size),
+    forwarded = (["--teacher-shots", str(args.teacher_shots)] if args.teacher_shots is not None else []) + ["--teacher", args.teacher, "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--chunk-size", str(args.chunk_size),
                  "--repeats", str(args.repeats), "--threads", str(args.threads), "--train-limit",
                  str(args.train_limit), "--train-batch", str(args.train_batch), "--uld-topk", str(args.uld_topk),
                  "--uld-examples", str(args.uld_examples), "--work", args.work, "--uld-ks",

@@ -11,8 +11,8 @@ signal           stored per example (L = its teacher answer length)           se
                  (L, K) float32 log-probabilities at each temperature          ranking), exactly: the ranking saw the
                                                                                full softmax at cache time
 ``topk``         (L, K) ids and float32 log-probabilities at one temperature  ULD, approximately (the mass outside
-                                                                               the top-K is spread evenly; error in
-                                                                               ``docs/teacher_cache.md``)
+                                                                               the top-K follows the student's sorted
+                                                                               tail; error in ``docs/teacher_cache.md``)
 ===============  ===========================================================  =====================================
 
 :class:`CachedTeacher` serves them to training (``teacher.cache=PATH``) through the same
