@@ -310,6 +310,20 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _drop_stale_params(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Loss parameters belong to one method: an override that names another method (``loss.method=uld``)
+    or gives ``loss.params={}`` starts from no parameters instead of merging into the file's (the default
+    file's ``preset: paper`` means nothing to ``uld``). Parameters given by overrides are kept."""
+    loss, new = base.get("loss"), extra.get("loss")
+    if not isinstance(loss, dict) or not isinstance(new, dict) or not isinstance(loss.get("params"), dict):
+        return base
+    switched = "method" in new and new["method"] != loss.get("method")
+    reset = new.get("params") == {}
+    if not (switched or reset):
+        return base
+    return {**base, "loss": {k: v for k, v in loss.items() if k != "params"}}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DistillConfig:
     """Load a YAML config (None: the built-in defaults), apply dotted overrides, validate.
 
@@ -331,7 +345,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        extra = parse_overrides(overrides)
+        data = _drop_stale_params(data, extra)
+        data = _merge(data, extra)
     config = from_dict(DistillConfig, data)
     validate(config)
     return config

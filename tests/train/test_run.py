@@ -118,6 +118,21 @@ def test_the_shipped_default_config_is_valid():
     assert config.loss.method == "multilevel_ot" and config.data.task == "qed"
 
 
+@pytest.mark.parametrize("overrides, method, params", [
+    (["loss.method=uld"], "uld", {}),  # the default file's `preset: paper` is MultiLevelOT's, not ULD's
+    (["loss.method=ce"], "ce", {}),
+    (["loss.method=mined", "loss.params.top_k=5"], "mined", {"top_k": 5}),
+    (["loss.params={}"], "multilevel_ot", {}),
+    (["loss.params.top_k=20"], "multilevel_ot", {"preset": "paper", "top_k": 20}),
+    (["loss.method=multilevel_ot", "loss.params.top_k=20"], "multilevel_ot", {"preset": "paper", "top_k": 20}),
+])
+def test_switching_the_method_by_override_drops_the_files_params(overrides, method, params):
+    from ctkd.cli.distill import default_config_path
+
+    config = load_config(default_config_path(), overrides)
+    assert (config.loss.method, config.loss.params) == (method, params)
+
+
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[2] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid(path):
