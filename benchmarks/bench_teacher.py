@@ -198,7 +198,7 @@ def bench_teacher_side(args, child) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------------
 # 2./3. training throughput, live teacher vs cache; cache size
 # ------------------------------------------------------------------------------------------------------------
-def _throughput_config(args, out_dir: Path, cache: Path | None):
+def _throughput_config(args, out_dir: Path, cache: Path | None, sft: bool = False):
     from ctkd.cli.distill import default_config_path
     from ctkd.config import load_config
 
@@ -211,6 +211,8 @@ def _throughput_config(args, out_dir: Path, cache: Path | None):
         overrides.append(f"data.teacher_prompt.num_shots={args.teacher_shots}")
     if cache is not None:
         overrides.append(f"teacher.cache={cache}")
+    if sft:  # the same batches with no distillation term: the student step alone, the bound of any cache
+        overrides += ["loss.method=ce", "loss.params={}"]
     return load_config(default_config_path(), overrides)
 
 
@@ -223,7 +225,8 @@ def throughput_child(kind: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    config = _throughput_config(args, work / f"run-{kind}", work / "cache" if kind == "cache" else None)
+    config = _throughput_config(args, work / f"run-{kind}", work / "cache" if kind == "cache" else None,
+                                sft=kind == "sft")
     counted = {"tokens": 0}
     original = step_module.DistillStep.__call__
 
@@ -258,24 +261,38 @@ def write_cache_child(args) -> dict:
     return out
 
 
+LABELS = {"live": "live teacher", "cache": "cached teacher", "sft": "no teacher, loss.method=ce"}
+
+
 def bench_throughput(args, child) -> dict:
     work = Path(args.work)
     cache = child(["--child", "write-cache"], f"ctkd cache-teacher over {args.train_limit} examples ...")
-    runs: dict[str, list[dict]] = {"live": [], "cache": []}
+    kinds = ("live", "cache", "sft") if args.sft else ("live", "cache")
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for rnd in range(args.rounds):
-        for kind in ("live", "cache"):
+        for kind in kinds:
             runs[kind].append(child(["--child", "distill", "--kind", kind],
-                                    f"ctkd distill ({kind} teacher), round {rnd + 1} of {args.rounds} ..."))
+                                    f"ctkd distill ({LABELS[kind]}), round {rnd + 1} of {args.rounds} ..."))
     ratios = [c["tokens_per_s"] / live["tokens_per_s"] for live, c in zip(runs["live"], runs["cache"])]
     result = {"cache": cache, "runs": runs, "speedups": ratios, "speedup": statistics.median(ratios)}
+    if args.sft:  # no cache can beat training without a teacher: (teacher + student) / student
+        bounds = [s["tokens_per_s"] / live["tokens_per_s"] for live, s in zip(runs["live"], runs["sft"])]
+        result |= {"bounds": bounds, "bound": statistics.median(bounds)}
     shots = args.teacher_shots if args.teacher_shots is not None else "1 (default config)"
     print(f"\nTraining throughput, ctkd distill {args.teacher} -> {STUDENT}, MultiLevelOT paper, one epoch over "
           f"{args.train_limit} QED examples, teacher shots {shots}, batch {args.train_batch}, float32, "
           f"{args.threads} threads")
-    print("| round | live tok/s | cache tok/s | speedup |")
-    print("|---|---|---|---|")
-    for i, (live, c) in enumerate(zip(runs["live"], runs["cache"])):
-        print(f"| {i + 1} | {live['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} | {ratios[i]:.2f} |")
+    if args.sft:
+        print("| round | live tok/s | cache tok/s | speedup | no teacher (ce) tok/s | bound |")
+        print("|---|---|---|---|---|---|")
+        for i, (live, c, s) in enumerate(zip(runs["live"], runs["cache"], runs["sft"])):
+            print(f"| {i + 1} | {live['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} | {ratios[i]:.2f} "
+                  f"| {s['tokens_per_s']:.1f} | {result['bounds'][i]:.2f} |")
+    else:
+        print("| round | live tok/s | cache tok/s | speedup |")
+        print("|---|---|---|---|")
+        for i, (live, c) in enumerate(zip(runs["live"], runs["cache"])):
+            print(f"| {i + 1} | {live['tokens_per_s']:.1f} | {c['tokens_per_s']:.1f} | {ratios[i]:.2f} |")
     print(f"answer tokens per epoch: {runs['live'][0]['answer_tokens']}; ctkd cache-teacher: {cache['cache_s']:.0f} s "
           f"for {cache['answer_tokens']} teacher answer tokens")
     print(f"cache size: {cache['bytes_per_answer_token']:.0f} bytes per teacher answer token ({cache['signals']})")
@@ -348,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--teacher-shots", type=int, default=None,
                         help="teacher prompt shots (default: the default config's, 1; QED's task default is 3)")
+    parser.add_argument("--sft", action="store_true",
+                        help="also time the same batches with loss.method=ce and no teacher: the bound of a cache")
     parser.add_argument("--uld-topk", type=int, default=256, help="K of the ULD cache whose size is reported")
     parser.add_argument("--uld-ks", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--uld-examples", type=int, default=16)
