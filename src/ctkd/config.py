@@ -370,6 +370,9 @@ def validate(config: DistillConfig) -> None:
         raise ConfigError("student.name is empty; give a short name, hub id, folder or .gguf file")
     if not config.teacher.name and not config.teacher.cache and config.loss.method != "ce":
         raise ConfigError("teacher.name and teacher.cache are both empty; the method needs a teacher")
+    for key, limit in (("data.train_limit", config.data.train_limit), ("eval.limit", config.eval.limit)):
+        if limit is not None and limit < 1:
+            raise ConfigError(f"{key} must be a positive number of examples or null (all of them), got {limit}")
     if config.optim.batch_size < 1 or config.optim.grad_accum < 1:
         raise ConfigError("optim.batch_size and optim.grad_accum must be >= 1")
     if config.optim.learning_rate <= 0:

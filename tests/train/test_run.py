@@ -96,7 +96,38 @@ def test_cli_distill_with_overrides_and_config_errors(tmp_path, pair_dirs, capsy
     assert "not found" in capsys.readouterr().err
 
 
+def test_a_failed_start_writes_nothing_or_is_started_again(tmp_path, pair_dirs, capsys):
+    path = write_config(tmp_path, pair_dirs, eval={"before": False, "after": False})
+    out = tmp_path / "run"
+    # a wrong data folder fails before any model loads or anything is written
+    assert main(["distill", str(path), f"data.data_dir={tmp_path / 'nowhere'}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err and "Traceback" not in err
+    assert not out.exists()
+    # a wrong model name fails after config.yaml is written, before any checkpoint: the fixed command starts again
+    assert main(["distill", str(path), f"student.name={tmp_path / 'no-model'}", "--no-progress"]) == 2
+    assert "no-model" in capsys.readouterr().err
+    assert (out / "config.yaml").exists() and not (out / "summary.json").exists()
+    assert main(["distill", str(path), "--no-progress"]) == 0
+    assert (out / "summary.json").exists()
+    assert load_config(out / "config.yaml").student.name == str(pair_dirs / "student")
+
+
+def test_cli_distill_interrupted_says_how_to_resume(tmp_path, pair_dirs, capsys, monkeypatch):
+    from ctkd.train import run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_distillation", interrupted)
+    assert main(["distill", str(write_config(tmp_path, pair_dirs)), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and str(tmp_path / "run") in err
+
+
 @pytest.mark.parametrize("overrides, match", [
+    (["data.train_limit=0"], "data.train_limit must be a positive number"),
+    (["eval.limit=-1"], "eval.limit must be a positive number"),
     (["optim.batch_size=two"], "optim.batch_size must be an integer"),
     (["eval.before=maybe"], "eval.before must be true or false"),
     (["student.dtype=fp16"], "student.dtype"),

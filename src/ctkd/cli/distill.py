@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_distillation(config, resume=args.resume, progress=not args.no_progress)
-    except ConfigError as err:
-        print(f"ctkd distill: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"ctkd distill: interrupted; {config.output.dir} is not a finished run (no summary.json): add --resume "
+              "to the same command to continue from its last checkpoint", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as err:  # ConfigError, FileNotFoundError, a data or model error: no traceback
+        if os.environ.get("CTKD_TRACEBACK"):
+            raise
+        print(f"ctkd distill: error: {' '.join(str(err).split())}", file=sys.stderr)
+        if not isinstance(err, (ConfigError, FileNotFoundError)):
+            print("(set CTKD_TRACEBACK=1 to see where it was raised)", file=sys.stderr)
         return 2
     print()
     print(summary.table())

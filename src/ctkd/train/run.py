@@ -1,7 +1,8 @@
 """A whole distillation run from a :class:`ctkd.config.DistillConfig`, top to bottom.
 
 1. Output folder: refuse to overwrite a finished run (unless ``output.overwrite``), continue an unfinished one
-   only with ``resume``; write the resolved ``config.yaml``.
+   only with ``resume`` (one that stopped before its first checkpoint has nothing to continue: a new run starts
+   again there); write the resolved ``config.yaml``. The data is read before, so a wrong path writes nothing.
 2. Load student and teacher (or a teacher cache), the task's splits, the prompts; tokenize once.
 3. Evaluate the student before training (generation, the paper's protocol).
 4. Train with :class:`ctkd.train.trainer.DistillTrainer` (checkpoints under ``checkpoints/``).
@@ -109,6 +110,12 @@ def prepare_output_dir(config: DistillConfig, resume: bool) -> Path:
     out = Path(config.output.dir)
     finished = (out / SUMMARY_FILE).exists()
     started = (out / "config.yaml").exists()
+    clear = config.output.overwrite
+    if started and not resume and not finished and not any((out / CHECKPOINT_DIR).glob("checkpoint-*")):
+        # a run that stopped before its first checkpoint (a wrong model name, an interrupted evaluation)
+        # holds nothing --resume could continue from: start again in the same folder
+        logger.info("%s holds a run that stopped before its first checkpoint; starting it again", out)
+        started, clear = False, True
     if finished and not config.output.overwrite:
         raise ConfigError(f"{out} already holds a finished run ({SUMMARY_FILE}); choose another output.dir or set "
                           "output.overwrite=true to replace it")
@@ -127,7 +134,7 @@ def prepare_output_dir(config: DistillConfig, resume: bool) -> Path:
     elif started and not config.output.overwrite:
         raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it, or set "
                           "output.overwrite=true to start again")
-    if config.output.overwrite and not resume:
+    if clear and not resume:
         for name in (SUMMARY_FILE, STUDENT_DIR, CHECKPOINT_DIR, "eval", "train_log.jsonl", "README.md"):
             path = out / name
             if path.is_dir():
@@ -318,6 +325,8 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     state = PartialState()
     timings: dict[str, float] = {}
     tick = time.perf_counter()
+    # the data first: a wrong data_dir fails in a second, before any model loads or anything is written
+    train_examples, eval_examples = load_examples(config)
     out = prepare_output_dir(config, resume) if state.is_main_process else Path(config.output.dir)
     state.wait_for_everyone()
 
@@ -350,7 +359,6 @@ def run_distillation(config: DistillConfig, *, resume: bool = False, progress: b
     timings["load models"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    train_examples, eval_examples = load_examples(config)
     extras = tuple(sorted(n for n in loss.needs if n.startswith("mined_")))
     collator = build_collator(config, student.tokenizer, teacher_tok, train_examples, extras)
     prepared = collator.prepare(train_examples, progress=progress)
