@@ -450,6 +450,7 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike, *, limit: int 
         if name != "jsonl" and not path.is_dir():
             where = f" (resolved from {Path.cwd()}: {path.resolve()})" if not path.is_absolute() else ""
             raise FileNotFoundError(f"{path} not found{where}: expected the {name} data folder, laid out as "
-                                    f"docs/data.md describes; pass its path (data.data_dir=PATH in a config)")
+                                    "docs/data.md describes; pass its path (--data-dir PATH, or data.data_dir: PATH "
+                                    "in a config)")
         examples = TASKS[name](path, split)
     return examples if limit is None else examples[:limit]
