@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
+from test_run import write_config  # the tiny pair's run config, shared with the run tests
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "compare_methods.py"
 
@@ -19,18 +20,7 @@ def load_script():
 
 
 def test_compare_methods_runs_each_method_and_tables_them(tmp_path, pair_dirs, capsys):
-    config = {
-        "student": {"name": str(pair_dirs / "student")},
-        "teacher": {"name": str(pair_dirs / "teacher")},
-        "data": {"task": "jsonl", "data_dir": str(pair_dirs / "data"), "student_max_length": 96,
-                 "teacher_max_length": 128},
-        "loss": {"method": "multilevel_ot", "params": {"top_k": 20}},
-        "optim": {"learning_rate": 1e-3, "max_steps": 1, "batch_size": 2},
-        "eval": {"limit": 2, "max_new_tokens": 4, "batch_size": 2},
-        "output": {"report_to": []},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(tmp_path, pair_dirs, optim={"max_steps": 1}, eval={"limit": 2})
     module = load_script()
     out = tmp_path / "results.json"
     code = module.main(["--config", str(path), "--methods", "ce", "multilevel_ot:reference", "--root",
